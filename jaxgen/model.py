@@ -1,0 +1,94 @@
+"""A loaded model: config, NNX graph definition, parameter pytree, and the pure step function built from them."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import Array
+
+from jaxgen.cache import KVCache, init_cache
+from jaxgen.config import ModelConfig
+from jaxgen.errors import CheckpointError
+from jaxgen.nn.transformer import CausalLM
+
+StepFn = Callable[..., tuple[Array, KVCache]]
+
+
+def abstract_model(config: ModelConfig, dtype: Any = jnp.float32, param_dtype: Any = None) -> CausalLM:
+    """The model with ``jax.ShapeDtypeStruct`` leaves: shapes of every parameter, nothing allocated."""
+    param_dtype = dtype if param_dtype is None else param_dtype
+    return nnx.eval_shape(lambda: CausalLM(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
+
+
+def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter's dotted name (``model.layers.0.self_attn.q_proj.kernel``) and shape."""
+    _, state = nnx.split(abstract_model(config))
+    return {".".join(map(str, path)): tuple(v.value.shape) for path, v in state.flat_state()}
+
+
+def make_step(graphdef: nnx.GraphDef) -> StepFn:
+    """``step(params, tokens[B,T], positions[B,T], cache, mask[B,T], logits_positions=None) -> (logits, cache)``.
+
+    Pure: merges the graph with ``params`` inside, so callers jit it with params as an argument.
+    """
+
+    def step(params, tokens, positions, cache, mask, logits_positions=None):
+        return nnx.merge(graphdef, params)(tokens, positions, cache, mask, logits_positions)
+
+    return step
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+    """What ``jaxgen.load_model`` returns.
+
+    ``params`` is an ``nnx.State`` pytree (the jit argument); ``step`` is the pure forward function;
+    ``generation_config`` holds the checkpoint's ``generation_config.json`` dict (or None); ``path`` the folder.
+    """
+
+    config: ModelConfig
+    graphdef: nnx.GraphDef
+    params: Any
+    dtype: jnp.dtype
+    path: str | None = None
+    generation_config: Mapping[str, Any] | None = None
+    mesh: Any = None
+
+    @property
+    def step(self) -> StepFn:
+        return make_step(self.graphdef)
+
+    def init_cache(self, batch_size: int, capacity: int) -> KVCache:
+        return init_cache(self.config, batch_size, capacity, self.dtype)
+
+    def num_params(self) -> int:
+        return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(self.params))
+
+
+def model_from_arrays(config: ModelConfig, arrays: Mapping[str, Any], dtype: Any = jnp.float32,
+                      param_dtype: Any = None, source: str = "checkpoint", **kwargs) -> Model:
+    """Build a :class:`Model` from ``{dotted name: array}`` in jaxgen's layout, checking names and shapes."""
+    dtype = jnp.dtype(dtype)
+    param_dtype = dtype if param_dtype is None else jnp.dtype(param_dtype)
+    graphdef, state = nnx.split(abstract_model(config, dtype, param_dtype))
+    flat = dict(state.flat_state())
+    expected = {".".join(map(str, p)): p for p in flat}
+    missing = sorted(set(expected) - set(arrays))
+    unused = sorted(set(arrays) - set(expected))
+    if missing or unused:
+        raise CheckpointError(f"{source}: parameters do not match the config: missing {missing[:8]}"
+                              f"{'…' if len(missing) > 8 else ''}, unused {unused[:8]}"
+                              f"{'…' if len(unused) > 8 else ''}. Re-convert the checkpoint with `jaxgen convert`.")
+    for name, path in expected.items():
+        want = flat[path].value.shape
+        got = tuple(arrays[name].shape)
+        if got != tuple(want):
+            raise CheckpointError(f"{source}: parameter {name} has shape {got}, the config implies {tuple(want)}.")
+        flat[path] = flat[path].replace(jnp.asarray(arrays[name], dtype=param_dtype))
+    params = nnx.State.from_flat_path(flat) if hasattr(nnx.State, "from_flat_path") else nnx.from_flat_state(flat)
+    return Model(config=config, graphdef=graphdef, params=params, dtype=dtype, **kwargs)

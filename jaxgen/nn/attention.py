@@ -1,0 +1,55 @@
+"""Grouped-query self-attention over an explicit KV cache (MHA, GQA and MQA are the same code)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import Array
+
+from jaxgen.config import ModelConfig
+from jaxgen.nn.layers import RMSNorm, linear
+from jaxgen.nn.rope import apply_rope
+
+
+class Attention(nnx.Module):
+    """q/k/v/o projections (optional biases), optional per-head q/k RMSNorm (Qwen3), RoPE, cached attention."""
+
+    def __init__(self, config: ModelConfig, *, dtype, param_dtype, precision, rngs: nnx.Rngs):
+        h, c = config.hidden_size, config
+        self.num_heads, self.num_kv_heads, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        self.q_proj = linear(h, c.q_size, c.qkv_bias, dtype, param_dtype, precision, rngs)
+        self.k_proj = linear(h, c.kv_size, c.qkv_bias, dtype, param_dtype, precision, rngs)
+        self.v_proj = linear(h, c.kv_size, c.qkv_bias, dtype, param_dtype, precision, rngs)
+        self.o_proj = linear(c.q_size, h, c.o_bias, dtype, param_dtype, precision, rngs)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps, param_dtype=param_dtype)
+            self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, param_dtype=param_dtype)
+        self.qk_norm = c.qk_norm
+        self.precision = precision
+
+    def __call__(self, x: Array, cos: Array, sin: Array, k_cache: Array, v_cache: Array, index: Array,
+                 mask: Array) -> tuple[Array, Array, Array]:
+        """x ``[B, T, hidden]``; caches ``[B, S, kv_heads, head_dim]``; mask ``bool[B, T, S]``.
+
+        Writes this call's keys/values at slot ``index`` and returns ``(out[B, T, hidden], k_cache, v_cache)``.
+        """
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
+        v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+
+        groups = self.num_heads // self.num_kv_heads
+        q = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k_cache.astype(q.dtype), precision=self.precision,
+                            preferred_element_type=jnp.float32) * (self.head_dim ** -0.5)
+        # A finite minimum, not -inf: a fully masked (padding) query row then stays finite instead of NaN.
+        scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v_cache.astype(x.dtype), precision=self.precision)
+        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), k_cache, v_cache
