@@ -1,0 +1,17 @@
+"""jaxgen: LLM text generation in JAX/Flax with transformers parity.
+
+    model = jaxgen.load_model(path, dtype="float32")
+    out = jaxgen.generate(model, input_ids, attention_mask, key=jax.random.key(0), max_new_tokens=32)
+"""
+
+from jaxgen.config import ModelConfig
+from jaxgen.errors import CheckpointError, ConfigError, JaxgenError
+from jaxgen.generate import generate
+from jaxgen.generation_config import GenerationConfig
+from jaxgen.loading import load_model
+from jaxgen.model import Model
+from jaxgen.outputs import GenerationOutput
+
+__all__ = ["CheckpointError", "ConfigError", "GenerationConfig", "GenerationOutput", "JaxgenError", "Model",
+           "ModelConfig", "generate", "load_model"]
+__version__ = "0.1.0"

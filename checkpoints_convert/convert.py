@@ -1,0 +1,422 @@
+"""Hugging Face checkpoint -> jaxgen parameters, in memory or as a converted checkpoint folder.
+
+Every tensor is accounted for before any data is read: each HF key maps through the family table to a name in
+``jaxgen.model.param_shapes(config)`` with the right shape, and every jaxgen parameter gets exactly one source.
+Anything else (unknown, missing or unused tensors, wrong shapes) is a :class:`CheckpointError` that names it.
+
+A converted folder holds ``config.json`` (the HF one, verbatim), generation and tokenizer files, params in
+``params-0000i-of-0000N.safetensors`` keyed by jaxgen's dotted names, and ``jaxgen_checkpoint.json``:
+``{"format": "jaxgen-safetensors", "version": 1, "dtype", "source", "weight_map": {name: file}}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from typing import Callable, Iterator
+
+import ml_dtypes
+import numpy as np
+
+from checkpoints_convert import tables
+from checkpoints_convert.reader import DTYPE_TAGS, Checkpoint, TensorInfo, open_checkpoint, open_safetensors
+from jaxgen.config import ModelConfig
+from jaxgen.errors import CheckpointError
+
+FORMAT = "jaxgen-safetensors"
+VERSION = 1
+MARKER = "jaxgen_checkpoint.json"
+DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
+# Copied beside the params when present, so a converted folder is self-contained for tokenizing and generating.
+SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
+              "chat_template.jinja", "chat_template.json")
+DTYPES: dict[str, np.dtype] = {
+    "float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype(np.float16),
+}
+# Plain floating-point weights; float8 and integer tensors belong to quantized formats that need their scales.
+_FLOAT_DTYPES = {np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)}
+_SHOW = 4  # how many offending names an error message lists before "and N more"
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One planned output parameter: its source tensor, jaxgen name, transform and output dtype/shape."""
+
+    source: TensorInfo
+    target: str
+    transform: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+@functools.lru_cache(maxsize=8)
+def _expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    from jaxgen.model import param_shapes  # imports jax/flax; only needed once a config is known
+
+    return param_shapes(config)
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_SHOW])
+    return shown + (f" and {len(names) - _SHOW} more" if len(names) > _SHOW else "")
+
+
+def _layers_hint(config: ModelConfig, keys: list[str]) -> str:
+    found = {int(m.group(1)) for k in keys if (m := re.match(r"model\.layers\.(\d+)\.", k))}
+    if found and max(found) + 1 != config.num_hidden_layers:
+        return (f" The weights have {max(found) + 1} layers but config.json says "
+                f"num_hidden_layers={config.num_hidden_layers}.")
+    return ""
+
+
+def _shape_hint(config: ModelConfig, got: tuple[int, ...], want: tuple[int, ...]) -> str:
+    """Name the config fields that produced the dimensions where ``want`` differs from ``got``."""
+    fields = {"vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+              "intermediate_size": config.intermediate_size, "head_dim": config.head_dim,
+              "num_attention_heads*head_dim": config.q_size, "num_key_value_heads*head_dim": config.kv_size}
+    blamed = []
+    if len(got) == len(want):
+        for g, w in zip(got, want):
+            if g != w:
+                blamed += [f"{k}={v}" for k, v in fields.items() if v == w and f"{k}={v}" not in blamed]
+    return f" (from {', '.join(blamed)})" if blamed else ""
+
+
+def _resolve_dtype(dtype: str | None) -> np.dtype | None:
+    if dtype is None:
+        return None
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be None (keep the checkpoint's) or one of {', '.join(DTYPES)}; got {dtype!r}.")
+    return DTYPES[dtype]
+
+
+def plan_conversion(ckpt: Checkpoint, config: ModelConfig, dtype: np.dtype | None = None) -> list[Item]:
+    """Map every tensor of ``ckpt`` to a jaxgen parameter, checking names and shapes against ``config``.
+
+    Returns the items in on-disk order. Reads no tensor data, except a tied checkpoint's redundant
+    ``lm_head.weight``, which must equal the embedding to be dropped.
+    """
+    expected = _expected_shapes(config)
+    where = ckpt.folder
+    items: list[Item] = []
+    unknown: list[str] = []
+    shape_errors: list[str] = []
+    tied_copy: TensorInfo | None = None
+    for info in ckpt.ordered():
+        if tables.IGNORED.fullmatch(info.name):
+            continue
+        if config.tie_word_embeddings and info.name == tables.TIED_HEAD_KEY:
+            tied_copy = info
+            continue
+        mapped = tables.map_key(config.model_type, info.name)
+        if mapped is None or mapped[0] not in expected:
+            unknown.append(info.name)
+            continue
+        target, transform = mapped
+        want = expected[target]
+        if tables.SHAPE_OF[transform](info.shape) != want:
+            want_src = tables.SHAPE_OF[transform](want)  # the transforms used here are their own inverses
+            shape_errors.append(f"tensor '{info.name}' in {os.path.basename(info.file)} has shape {info.shape}, "
+                                f"but config.json implies {want_src}{_shape_hint(config, info.shape, want_src)}")
+            continue
+        if info.dtype not in _FLOAT_DTYPES:
+            raise CheckpointError(f"{info.file}: tensor '{info.name}' has dtype {info.dtype}; jaxgen converts only "
+                                  "floating-point weights (quantized checkpoints are not supported).")
+        items.append(Item(info, target, transform, dtype or info.dtype, want))
+
+    missing = sorted(set(expected) - {item.target for item in items})
+    if unknown or missing:
+        parts = []
+        if unknown:
+            parts.append(f"{len(unknown)} tensor(s) that the {config.model_type} layout of this config does not "
+                         f"use: {_names(unknown)}")
+        if missing:
+            parts.append(f"{len(missing)} parameter(s) missing from the weights: {_names(missing)}")
+        hint = _layers_hint(config, list(ckpt.tensors))
+        if "lm_head.kernel" in missing and not config.tie_word_embeddings:
+            hint += " If the model ties its LM head to the embeddings, config.json should say tie_word_embeddings=true."
+        raise CheckpointError(f"{where}: the weights do not match config.json: {'; '.join(parts)}.{hint} Use the "
+                              "config.json that came with these weights.")
+    if shape_errors:
+        more = f" ({len(shape_errors) - 1} more tensors disagree)" if len(shape_errors) > 1 else ""
+        raise CheckpointError(f"{where}: config.json disagrees with the weights: {shape_errors[0]}{more}. Use the "
+                              "config.json that came with these weights.")
+    if tied_copy is not None:
+        _check_tied_copy(ckpt, tied_copy)
+    return items
+
+
+def _check_tied_copy(ckpt: Checkpoint, head: TensorInfo) -> None:
+    embed = ckpt.tensors[tables.EMBED_KEY]
+    same = head.shape == embed.shape
+    if same:
+        a, b = ckpt.read(head.name), ckpt.read(embed.name)
+        same = bool(np.array_equal(a.astype(np.float32), b.astype(np.float32)))
+    if not same:
+        raise CheckpointError(f"{head.file}: tensor '{head.name}' differs from '{embed.name}', but config.json says "
+                              "tie_word_embeddings=true, so jaxgen would ignore it. Use the config.json that came "
+                              "with these weights (tie_word_embeddings=false if the head is separate).")
+
+
+def _produce(ckpt: Checkpoint, item: Item) -> np.ndarray:
+    x = tables.TRANSFORMS[item.transform](ckpt.read(item.source.name))
+    x = x.astype(item.dtype, copy=False)
+    # The plan promised this shape and dtype (and a shard header was written from it): hold the transform to it.
+    assert x.shape == item.shape and x.dtype == item.dtype, (item.target, x.shape, x.dtype)
+    return x
+
+
+class _Progress:
+    """Tensors done/total, bytes done/total and ETA on stderr, redrawn at most every half second."""
+
+    def __init__(self, total_tensors: int, total_bytes: int, enabled: bool, label: str):
+        self.total_tensors, self.total_bytes, self.enabled, self.label = total_tensors, total_bytes, enabled, label
+        self.tensors = self.bytes = 0
+        self.start = self.last = time.monotonic()
+        self.tty = enabled and sys.stderr.isatty()
+
+    def update(self, nbytes: int) -> None:
+        self.tensors += 1
+        self.bytes += nbytes
+        now = time.monotonic()
+        done = self.tensors == self.total_tensors
+        # On a terminal redraw one line often; in a log, write a line every 10 s so it stays readable.
+        if not self.enabled or not (done or now - self.last >= (0.5 if self.tty else 10.0)):
+            return
+        self.last = now
+        elapsed = now - self.start
+        rate = self.bytes / elapsed if elapsed > 0 else 0.0
+        eta = (self.total_bytes - self.bytes) / rate if rate > 0 else 0.0
+        line = (f"{self.label}: {self.tensors}/{self.total_tensors} tensors, {_gib(self.bytes)}/"
+                f"{_gib(self.total_bytes)} GiB, " + (f"done in {elapsed:.1f} s" if done else f"ETA {eta:.0f} s"))
+        sys.stderr.write(("\r" + line + ("\n" if done else "")) if self.tty else line + "\n")
+        sys.stderr.flush()
+
+
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:.2f}"
+
+
+def _convert_items(ckpt: Checkpoint, items: list[Item], progress: _Progress) -> Iterator[tuple[Item, np.ndarray]]:
+    for item in items:
+        x = _produce(ckpt, item)
+        progress.update(item.source.nbytes)
+        yield item, x
+
+
+def load_hf_params(hf_dir: str | os.PathLike, dtype: str | None = None,
+                   progress: bool = False) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """Read and convert a Hugging Face checkpoint folder in memory.
+
+    Returns the parsed config and ``{jaxgen dotted name: array}`` (linear kernels ``[in, out]``). ``dtype``:
+    None keeps each tensor's checkpoint dtype; "float32", "bfloat16" or "float16" casts. Raises
+    :class:`CheckpointError` / :class:`ConfigError` for anything that does not fit.
+    """
+    hf_dir = os.fspath(hf_dir)
+    cast = _resolve_dtype(dtype)
+    if is_converted(hf_dir):
+        raise CheckpointError(f"{hf_dir}: is already a jaxgen-converted checkpoint; read it with read_converted().")
+    config = ModelConfig.from_pretrained(hf_dir)
+    with open_checkpoint(hf_dir) as ckpt:
+        items = plan_conversion(ckpt, config, cast)
+        bar = _Progress(len(items), sum(i.source.nbytes for i in items), progress, "loading")
+        return config, {item.target: x for item, x in _convert_items(ckpt, items, bar)}
+
+
+def _assign_shards(items: list[Item], max_shard_bytes: int) -> list[list[Item]]:
+    """Greedy in-order packing; a tensor larger than the limit gets a shard of its own."""
+    shards: list[list[Item]] = [[]]
+    size = 0
+    for item in items:
+        if shards[-1] and size + item.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(item)
+        size += item.nbytes
+    return shards
+
+
+def shard_name(index: int, count: int) -> str:
+    return f"params-{index:05d}-of-{count:05d}.safetensors"
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open folders; the rename is then as durable as they allow
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_shard(path: str, items: list[Item], produce: Callable[[Item], np.ndarray]) -> None:
+    """Write one safetensors file streaming tensor by tensor: the header comes from the plan's shapes, so
+    only one converted tensor is in memory at a time."""
+    header: dict[str, dict] = {"__metadata__": {"format": FORMAT}}
+    offset = 0
+    for item in items:
+        header[item.target] = {"dtype": DTYPE_TAGS[item.dtype], "shape": list(item.shape),
+                               "data_offsets": [offset, offset + item.nbytes]}
+        offset += item.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # pad so tensor data starts 8-byte aligned, as the safetensors library does
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for item in items:
+            x = produce(item)
+            f.write(np.ascontiguousarray(x).reshape(-1).view(np.uint8))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _copy_file(src: str, dst: str) -> None:
+    shutil.copyfile(src, dst)
+    with open(dst, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _dtype_label(items: list[Item]) -> str:
+    names = sorted({item.dtype.name for item in items})
+    return names[0] if len(names) == 1 else "mixed:" + ",".join(names)
+
+
+def convert_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: str | None = None,
+                       progress: bool = True, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> str:
+    """Convert a Hugging Face checkpoint folder into a jaxgen checkpoint folder ``out_dir``; returns its path.
+
+    Atomic: everything is written into a hidden temporary folder beside ``out_dir``, fsynced, then renamed into
+    place; on any failure (KeyboardInterrupt included) the temporary folder is removed and ``out_dir`` never
+    appears. Holds one tensor in memory at a time. ``max_shard_bytes`` caps each params file (a single larger
+    tensor gets a file of its own). ``progress`` writes tensors/bytes done and an ETA to stderr.
+    """
+    hf_dir, out_dir = os.fspath(hf_dir), os.fspath(out_dir)
+    # Checked before any work, so a long conversion cannot end by failing to write.
+    if os.path.lexists(out_dir):
+        raise CheckpointError(f"{out_dir}: already exists; remove it or choose another output path.")
+    cast = _resolve_dtype(dtype)
+    if max_shard_bytes <= 0:
+        raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}.")
+    if is_converted(hf_dir):
+        raise CheckpointError(f"{hf_dir}: is already a jaxgen-converted checkpoint; there is nothing to convert.")
+    config = ModelConfig.from_pretrained(hf_dir)
+
+    with open_checkpoint(hf_dir) as ckpt:
+        items = plan_conversion(ckpt, config, cast)
+        shards = _assign_shards(items, max_shard_bytes)
+        names = [shard_name(i + 1, len(shards)) for i in range(len(shards))]
+        bar = _Progress(len(items), sum(i.source.nbytes for i in items), progress, "converting")
+
+        def produce(item: Item) -> np.ndarray:
+            x = _produce(ckpt, item)
+            bar.update(item.source.nbytes)
+            return x
+
+        parent = os.path.dirname(os.path.abspath(out_dir))
+        created = _make_parents(parent)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.partial-", dir=parent)
+        try:
+            for name in SIDE_FILES:
+                if os.path.isfile(os.path.join(hf_dir, name)):
+                    _copy_file(os.path.join(hf_dir, name), os.path.join(tmp, name))
+            for name, shard in zip(names, shards):
+                _write_shard(os.path.join(tmp, name), shard, produce)
+            marker = {"format": FORMAT, "version": VERSION, "dtype": _dtype_label(items),
+                      "source": os.path.abspath(hf_dir),
+                      "weight_map": {item.target: name for name, shard in zip(names, shards) for item in shard}}
+            with open(os.path.join(tmp, MARKER), "w") as f:
+                json.dump(marker, f, indent=2)
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_dir(tmp)
+            if os.path.lexists(out_dir):  # appeared while converting; os.rename would replace an empty folder
+                raise CheckpointError(f"{out_dir}: was created while converting; remove it or choose another path.")
+            os.rename(tmp, out_dir)
+            _fsync_dir(parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            for folder in created:
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break
+            raise
+    return out_dir
+
+
+def _make_parents(parent: str) -> list[str]:
+    """Create ``parent`` and its missing ancestors; return those created, deepest first (to undo on failure)."""
+    created = []
+    path = parent
+    while not os.path.isdir(path):
+        created.append(path)
+        path = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    return created
+
+
+def is_converted(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder written by :func:`convert_checkpoint` (it has ``jaxgen_checkpoint.json``)."""
+    return os.path.isfile(os.path.join(os.fspath(path), MARKER))
+
+
+def read_converted(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """Read a converted checkpoint: the config and ``{jaxgen dotted name: array}`` in the dtype it was saved in.
+
+    Validates ``jaxgen_checkpoint.json``, every params file's header, and names/shapes against the config.
+    """
+    path = os.fspath(path)
+    marker_file = os.path.join(path, MARKER)
+    if not os.path.isfile(marker_file):
+        raise CheckpointError(f"{path}: no {MARKER}; this is not a folder written by `jaxgen convert`.")
+    try:
+        with open(marker_file) as f:
+            marker = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{marker_file}: cannot be read as JSON ({e}); convert the checkpoint again.") from e
+    if not isinstance(marker, dict) or marker.get("format") != FORMAT:
+        raise CheckpointError(f"{marker_file}: 'format' is not {FORMAT!r}; convert the checkpoint again.")
+    if marker.get("version") != VERSION:
+        raise CheckpointError(f"{marker_file}: version {marker.get('version')!r} is not supported (this jaxgen "
+                              f"reads version {VERSION}); convert the checkpoint again with this jaxgen.")
+    weight_map = marker.get("weight_map")
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(f, str) and f and os.path.basename(f) == f and f not in (".", "..")
+            for f in weight_map.values()):
+        raise CheckpointError(f"{marker_file}: 'weight_map' must map names to params files in this folder; "
+                              "convert the checkpoint again.")
+    config = ModelConfig.from_pretrained(path)
+    files = sorted(set(weight_map.values()))
+    for file in files:
+        if not os.path.isfile(os.path.join(path, file)):
+            raise CheckpointError(f"{path}: params file {file} listed in {MARKER} is missing; convert the "
+                                  "checkpoint again.")
+    with open_safetensors([os.path.join(path, f) for f in files], path, weight_map, marker_file) as ckpt:
+        expected = _expected_shapes(config)
+        missing = sorted(set(expected) - set(ckpt.tensors))
+        unused = sorted(set(ckpt.tensors) - set(expected))
+        if missing or unused:
+            raise CheckpointError(f"{path}: params do not match config.json: missing {_names(missing) or 'none'}; "
+                                  f"unused {_names(unused) or 'none'}. Convert the checkpoint again.")
+        for name, info in ckpt.tensors.items():
+            if info.shape != expected[name]:
+                raise CheckpointError(f"{info.file}: tensor '{name}' has shape {info.shape}, config.json implies "
+                                      f"{expected[name]}. Convert the checkpoint again.")
+        return config, {info.name: ckpt.read(info.name) for info in ckpt.ordered()}

@@ -1,0 +1,139 @@
+"""Greedy and sampling decoding: prefill plus the whole token loop in one ``lax.while_loop``.
+
+The loop knows nothing about the model: it calls ``step(params, tokens, positions, cache, mask,
+logits_positions)``. Its state is one pytree; outputs go into preallocated buffers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from jax import Array
+
+from jaxgen.cache import KVCache
+from jaxgen.decode import processors as P
+from jaxgen.decode.logprobs import token_and_top_logprobs
+from jaxgen.decode.sampling import greedy, sample_from_uniform, step_uniforms
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSpec:
+    """Static settings of one compiled decoding program."""
+
+    max_new_tokens: int  # buffer length (a bucket); the traced limit may stop earlier
+    do_sample: bool = False
+    num_beams: int = 1
+    num_return_sequences: int = 1
+    top_logprobs: int = 0
+    logprobs_mode: str = "raw"  # "raw" | "processed"
+    early_stopping: bool | str = False
+    plan: P.ProcessorPlan = P.ProcessorPlan()
+
+
+@struct.dataclass
+class DecodeParams:
+    """Traced settings of one call."""
+
+    processors: P.ProcessorParams
+    max_new_tokens: Array  # i32[]: the requested number (<= spec.max_new_tokens)
+    pad_token_id: Array  # i32[]
+    length_penalty: Array  # f32[]
+
+
+@struct.dataclass
+class LoopState:
+    step: Array  # i32[]: tokens generated so far (same for all rows)
+    tokens: Array  # i32[B, N]
+    token_logprobs: Array  # f32[B, N]
+    top_ids: Array  # i32[B, N, k]
+    top_logprobs: Array  # f32[B, N, k]
+    done: Array  # bool[B]
+    num_generated: Array  # i32[B]
+    positions: Array  # i32[B]: position id of the next token
+    seen: Array  # bool[B, V] (or [B, 0] without repetition penalty): tokens of prompt + output
+    cache: KVCache
+
+
+def prompt_positions(mask: Array) -> Array:
+    """Position ids of a left-padded prompt, as transformers' generate: ``cumsum(mask) - 1``, padding at 1."""
+    return jnp.where(mask > 0, jnp.cumsum(mask, axis=-1) - 1, 1).astype(jnp.int32)
+
+
+def seen_tokens(input_ids: Array, mask: Array, vocab: int) -> Array:
+    """``bool[B, V]``: which tokens occur in the prompt, ignoring left padding (transformers 5.x semantics)."""
+    rows = jnp.arange(input_ids.shape[0])[:, None]
+    return jnp.zeros((input_ids.shape[0], vocab), bool).at[rows, input_ids].max(mask > 0)
+
+
+def prefill(step, params, input_ids: Array, mask: Array, cache: KVCache) -> tuple[Array, KVCache, Array]:
+    """Run the prompt; return last-position logits ``f32[B, V]``, the cache, and next positions ``[B]``."""
+    positions = prompt_positions(mask)
+    last = jnp.full((input_ids.shape[0],), input_ids.shape[1] - 1, jnp.int32)
+    logits, cache = step(params, input_ids, positions, cache, mask, last)
+    return logits, cache, positions[:, -1] + 1
+
+
+def _is_eos(tokens: Array, eos_ids: tuple[int, ...]) -> Array:
+    if not eos_ids:
+        return jnp.zeros(tokens.shape, bool)
+    return jnp.any(tokens[:, None] == jnp.asarray(eos_ids, jnp.int32)[None, :], axis=-1)
+
+
+def decode(step, params, input_ids: Array, mask: Array, row_keys: Array | None, cache: KVCache,
+           spec: DecodeSpec, dp: DecodeParams) -> LoopState:
+    """Greedy or sampled decoding of ``input_ids[B, T]`` (left-padded, ``mask[B, T]``) up to ``dp.max_new_tokens``.
+
+    ``row_keys``: typed keys ``[B]`` when sampling. Returns the final loop state (buffers of length
+    ``spec.max_new_tokens``).
+    """
+    b = input_ids.shape[0]
+    n, k = spec.max_new_tokens, spec.top_logprobs
+    logits, cache, positions = prefill(step, params, input_ids, mask, cache)
+    vocab = logits.shape[-1]
+    plan = spec.plan
+    seen = seen_tokens(input_ids, mask, vocab) if plan.repetition_penalty else jnp.zeros((b, 0), bool)
+    state = LoopState(
+        step=jnp.zeros((), jnp.int32), tokens=jnp.full((b, n), dp.pad_token_id, jnp.int32),
+        token_logprobs=jnp.zeros((b, n), jnp.float32), top_ids=jnp.full((b, n, k), -1, jnp.int32),
+        top_logprobs=jnp.zeros((b, n, k), jnp.float32), done=jnp.zeros((b,), bool),
+        num_generated=jnp.zeros((b,), jnp.int32), positions=positions, seen=seen, cache=cache)
+
+    def choose(state: LoopState, logits: Array) -> LoopState:
+        scores = P.process(logits, plan, dp.processors, seen=state.seen, num_generated=state.step,
+                           do_sample=spec.do_sample)
+        if spec.do_sample:
+            token = sample_from_uniform(scores, step_uniforms(row_keys, state.step))
+        else:
+            token = greedy(scores)
+        token = jnp.where(state.done, dp.pad_token_id, token)
+        source = scores if spec.logprobs_mode == "processed" else logits
+        lp, top_ids, top_lp = token_and_top_logprobs(jax.nn.log_softmax(source, axis=-1), token, k)
+        live = ~state.done
+        lp = jnp.where(live, lp, 0.0)
+        top_ids = jnp.where(live[:, None], top_ids, -1)
+        top_lp = jnp.where(live[:, None], top_lp, 0.0)
+        i = state.step
+        seen = state.seen
+        if plan.repetition_penalty:
+            seen = seen.at[jnp.arange(b), token].set(True)
+        return state.replace(
+            tokens=state.tokens.at[:, i].set(token), token_logprobs=state.token_logprobs.at[:, i].set(lp),
+            top_ids=state.top_ids.at[:, i].set(top_ids), top_logprobs=state.top_logprobs.at[:, i].set(top_lp),
+            done=state.done | _is_eos(token, plan.eos_token_ids), num_generated=state.num_generated + live,
+            seen=seen, step=i + 1)
+
+    def cond(state: LoopState) -> Array:
+        return (state.step < dp.max_new_tokens) & ~jnp.all(state.done)
+
+    def body(state: LoopState) -> LoopState:
+        last = jax.lax.dynamic_index_in_dim(state.tokens, state.step - 1, axis=1, keepdims=True)
+        logits, cache = step(params, last, state.positions[:, None], state.cache, jnp.ones((b, 1), jnp.int32))
+        logits = logits[:, 0]
+        state = state.replace(cache=cache, positions=state.positions + 1)
+        return choose(state, logits)
+
+    state = choose(state, logits)
+    return jax.lax.while_loop(cond, body, state)
