@@ -200,14 +200,12 @@ class _Progress:
         elapsed = now - self.start
         rate = self.bytes / elapsed if elapsed > 0 else 0.0
         eta = (self.total_bytes - self.bytes) / rate if rate > 0 else 0.0
-        line = (f"{self.label}: {self.tensors}/{self.total_tensors} tensors, {_gib(self.bytes)}/"
-                f"{_gib(self.total_bytes)} GiB, " + (f"done in {elapsed:.1f} s" if done else f"ETA {eta:.0f} s"))
+        unit, scale = ("GiB", 1024**3) if self.total_bytes >= 1024**3 else ("MiB", 1024**2)
+        line = (f"{self.label}: {self.tensors}/{self.total_tensors} tensors, {self.bytes / scale:.2f}/"
+                f"{self.total_bytes / scale:.2f} {unit}, "
+                + (f"done in {elapsed:.1f} s" if done else f"ETA {eta:.0f} s"))
         sys.stderr.write(("\r" + line + ("\n" if done else "")) if self.tty else line + "\n")
         sys.stderr.flush()
-
-
-def _gib(n: int) -> str:
-    return f"{n / 1024**3:.2f}"
 
 
 def _convert_items(ckpt: Checkpoint, items: list[Item], progress: _Progress) -> Iterator[tuple[Item, np.ndarray]]:
