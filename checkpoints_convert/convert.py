@@ -114,6 +114,7 @@ def plan_conversion(ckpt: Checkpoint, config: ModelConfig, dtype: np.dtype | Non
     items: list[Item] = []
     unknown: list[str] = []
     shape_errors: list[str] = []
+    targets: set[str] = set()  # jaxgen names some tensor maps to, even one of the wrong shape
     tied_copy: TensorInfo | None = None
     for info in ckpt.ordered():
         if tables.IGNORED.fullmatch(info.name):
@@ -126,6 +127,9 @@ def plan_conversion(ckpt: Checkpoint, config: ModelConfig, dtype: np.dtype | Non
             unknown.append(info.name)
             continue
         target, transform = mapped
+        if target in targets:  # cannot happen with a well-formed table; guards one being edited
+            raise CheckpointError(f"{where}: two tensors map to jaxgen parameter {target}; one is {info.name}.")
+        targets.add(target)
         want = expected[target]
         if tables.SHAPE_OF[transform](info.shape) != want:
             want_src = tables.SHAPE_OF[transform](want)  # the transforms used here are their own inverses
@@ -133,27 +137,29 @@ def plan_conversion(ckpt: Checkpoint, config: ModelConfig, dtype: np.dtype | Non
                                 f"but config.json implies {want_src}{_shape_hint(config, info.shape, want_src)}")
             continue
         if info.dtype not in _FLOAT_DTYPES:
-            raise CheckpointError(f"{info.file}: tensor '{info.name}' has dtype {info.dtype}; jaxgen converts only "
-                                  "floating-point weights (quantized checkpoints are not supported).")
+            raise CheckpointError(f"{info.file}: tensor '{info.name}' has dtype {info.dtype}; jaxgen converts "
+                                  "float32/float16/bfloat16/float64 weights only (quantized and float8 checkpoints "
+                                  "are not supported).")
         items.append(Item(info, target, transform, dtype or info.dtype, want))
 
-    missing = sorted(set(expected) - {item.target for item in items})
+    missing = sorted(set(expected) - targets)
     if unknown or missing:
         parts = []
         if unknown:
             parts.append(f"{len(unknown)} tensor(s) that the {config.model_type} layout of this config does not "
                          f"use: {_names(unknown)}")
         if missing:
-            parts.append(f"{len(missing)} parameter(s) missing from the weights: {_names(missing)}")
+            parts.append(f"{len(missing)} tensor(s) missing from the weights: "
+                         f"{_names([tables.source_key(m) for m in missing])}")
         hint = _layers_hint(config, list(ckpt.tensors))
-        if "lm_head.kernel" in missing and not config.tie_word_embeddings:
+        if "lm_head.kernel" in missing:
             hint += " If the model ties its LM head to the embeddings, config.json should say tie_word_embeddings=true."
         raise CheckpointError(f"{where}: the weights do not match config.json: {'; '.join(parts)}.{hint} Use the "
                               "config.json that came with these weights.")
     if shape_errors:
         more = f" ({len(shape_errors) - 1} more tensors disagree)" if len(shape_errors) > 1 else ""
-        raise CheckpointError(f"{where}: config.json disagrees with the weights: {shape_errors[0]}{more}. Use the "
-                              "config.json that came with these weights.")
+        raise CheckpointError(f"{where}: the weights disagree with config.json: {shape_errors[0]}{more}. Use the "
+                              "config.json that came with these weights, or re-download a damaged file.")
     if tied_copy is not None:
         _check_tied_copy(ckpt, tied_copy)
     return items

@@ -80,3 +80,8 @@ def map_key(model_type: str, key: str) -> tuple[str, str] | None:
         if rule.pattern.fullmatch(key):
             return rule.pattern.sub(rule.target, key), rule.transform
     return None
+
+
+def source_key(target: str) -> str:
+    """The HF key a jaxgen name comes from (the inverse of the tables above), for error messages."""
+    return re.sub(r"\.(?:kernel|embedding)$", ".weight", target)

@@ -19,6 +19,7 @@ from jaxgen.decode.sampling import as_typed_keys
 from jaxgen.generation_config import GenerationConfig
 from jaxgen.model import Model, make_step
 from jaxgen.outputs import GenerationOutput
+from jaxgen.streaming import Streamer, streaming_to
 
 MIN_BUCKET = 16
 
@@ -102,12 +103,17 @@ def resolve_config(model: Model, config: GenerationConfig | None, overrides: dic
 
 
 def generate(model: Model, input_ids: Any, attention_mask: Any = None, config: GenerationConfig | None = None,
-             key: Any = None, **overrides: Any) -> GenerationOutput:
+             key: Any = None, *, streamer: Streamer | None = None, stream_every: int = 8,
+             **overrides: Any) -> GenerationOutput:
     """Generate continuations of left-padded ``input_ids`` int32 ``[B, T]`` with one compiled program.
 
     ``config`` defaults to the model's ``generation_config.json`` (else transformers' defaults); keyword
     ``overrides`` (``max_new_tokens=32, do_sample=True, ...``) apply on top. ``key``: one PRNG key or one per row,
     needed only for sampling. Same inputs and key give bit-identical outputs. See :class:`GenerationOutput`.
+
+    ``streamer(tokens[B', N], num_steps, done[B'])`` (greedy/sampling) receives the new tokens every
+    ``stream_every`` steps from inside the compiled loop (rows in bucket order; only the first ``num_steps``
+    columns are filled).
     """
     cfg = resolve_config(model, config, overrides)
     ids, mask = _check_inputs(model, input_ids, attention_mask)
@@ -151,7 +157,8 @@ def generate(model: Model, input_ids: Any, attention_mask: Any = None, config: G
     )
     spec = DecodeSpec(max_new_tokens=nb, do_sample=do_sample, num_beams=cfg.num_beams, num_return_sequences=r,
                       top_logprobs=cfg.top_logprobs, logprobs_mode=cfg.logprobs_mode,
-                      early_stopping=cfg.early_stopping if beam else False, plan=plan)
+                      early_stopping=cfg.early_stopping if beam else False, plan=plan,
+                      stream_every=int(stream_every) if streamer is not None and not beam else 0)
     dp = DecodeParams(
         processors=P.ProcessorParams(
             temperature=jnp.float32(cfg.temperature), top_k=jnp.int32(min(cfg.top_k, model.config.vocab_size)),
@@ -159,7 +166,10 @@ def generate(model: Model, input_ids: Any, attention_mask: Any = None, config: G
             repetition_penalty=jnp.float32(cfg.repetition_penalty), min_new_tokens=jnp.int32(cfg.min_new_tokens)),
         max_new_tokens=jnp.int32(max_new), pad_token_id=jnp.int32(pad), length_penalty=jnp.float32(cfg.length_penalty))
 
-    res = _compiled(model.graphdef, model.config, model.dtype.name, spec, model.params, jnp.asarray(ids_b), jnp.asarray(mask_b), keys, dp)
+    with streaming_to(streamer if spec.stream_every else None):
+        res = _compiled(model.graphdef, model.config, model.dtype.name, spec, model.params, jnp.asarray(ids_b),
+                        jnp.asarray(mask_b), keys, dp)
+        res = jax.block_until_ready(res)
     tokens = res["tokens"][:, :max_new]
     prompt = jnp.asarray(np.repeat(ids, r, axis=0) if beam else ids)
     return GenerationOutput(

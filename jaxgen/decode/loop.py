@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.experimental
 import jax.numpy as jnp
 from flax import struct
 from jax import Array
@@ -31,6 +32,7 @@ class DecodeSpec:
     logprobs_mode: str = "raw"  # "raw" | "processed"
     early_stopping: bool | str = False
     plan: P.ProcessorPlan = P.ProcessorPlan()
+    stream_every: int = 0  # > 0: hand tokens to the host every this many steps (greedy/sampling only)
 
 
 @struct.dataclass
@@ -135,5 +137,26 @@ def decode(step, params, input_ids: Array, mask: Array, row_keys: Array | None, 
         state = state.replace(cache=cache, positions=state.positions + 1)
         return choose(state, logits)
 
+    if spec.stream_every:
+        choose = _streaming(choose, spec.stream_every, dp.max_new_tokens)
     state = choose(state, logits)
     return jax.lax.while_loop(cond, body, state)
+
+
+def _streaming(choose, every: int, limit: Array):
+    """Wrap ``choose`` so that every ``every`` steps (and at the end) the tokens so far go to the host.
+
+    One ordered ``io_callback`` per chunk, not per token; the host side (``jaxgen.streaming``) decides what to do.
+    """
+    from jaxgen import streaming
+
+    def emit(state: LoopState) -> None:
+        jax.experimental.io_callback(streaming.deliver, None, state.tokens, state.step, state.done, ordered=True)
+
+    def wrapped(state: LoopState, logits: Array) -> LoopState:
+        state = choose(state, logits)
+        flush = (state.step % every == 0) | jnp.all(state.done) | (state.step >= limit)
+        jax.lax.cond(flush, emit, lambda s: None, state)
+        return state
+
+    return wrapped
