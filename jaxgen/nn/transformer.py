@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import Array
 
-from jaxgen.cache import KVCache, attention_mask, write_valid
+from jaxgen.cache import KVCache, attention_mask, init_cache, write_valid
 from jaxgen.config import ModelConfig
 from jaxgen.nn.attention import Attention
 from jaxgen.nn.layers import MLP, RMSNorm, linear
@@ -60,15 +60,18 @@ class CausalLM(nnx.Module):
             self.lm_head = linear(config.hidden_size, config.vocab_size, False, dtype, param_dtype, precision, rngs)
         self.precision = precision
 
-    def __call__(self, tokens: Array, positions: Array, cache: KVCache, mask: Array,
+    def __call__(self, tokens: Array, positions: Array, cache: KVCache | None, mask: Array,
                  logits_positions: Array | None = None) -> tuple[Array, KVCache]:
         """Run ``tokens[B, T]`` at ``positions[B, T]`` into ``cache`` starting at slot ``cache.index``.
 
         ``mask[B, T]`` is 1 for real tokens, 0 for padding. Returns float32 logits ``[B, T, V]`` (or ``[B, V]`` for
-        the single position ``logits_positions[B]`` when given) and the updated cache.
+        the single position ``logits_positions[B]`` when given) and the updated cache. ``cache=None`` runs a plain
+        causal forward pass (training, scoring) over a cache of exactly ``T`` slots.
         """
         cfg = self.config
         b, t = tokens.shape
+        if cache is None:
+            cache = init_cache(cfg, b, t, self.dtype)
         cache = write_valid(cache, mask)
         masks = {w: attention_mask(cache, t, w) for w in {cfg.layer_window(i) for i in range(cfg.num_hidden_layers)}}
         cos, sin = rope_cos_sin(cfg, positions, self.dtype)
