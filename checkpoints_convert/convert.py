@@ -178,8 +178,13 @@ def _check_tied_copy(ckpt: Checkpoint, head: TensorInfo) -> None:
 
 
 def _produce(ckpt: Checkpoint, item: Item) -> np.ndarray:
-    x = tables.TRANSFORMS[item.transform](ckpt.read(item.source.name))
-    x = x.astype(item.dtype, copy=False)
+    x = ckpt.read(item.source.name)
+    transform = tables.TRANSFORMS[item.transform]
+    # Casts commute with the transforms; narrowing first keeps the transform's copy small.
+    if item.dtype.itemsize < x.dtype.itemsize:
+        x = transform(x.astype(item.dtype))
+    else:
+        x = transform(x).astype(item.dtype, copy=False)
     # The plan promised this shape and dtype (and a shard header was written from it): hold the transform to it.
     assert x.shape == item.shape and x.dtype == item.dtype, (item.target, x.shape, x.dtype)
     return x
