@@ -31,6 +31,9 @@ def load_model(path: str | os.PathLike | None = None, dtype: Any = "float32", pa
     ``path``: a folder written by ``jaxgen convert``, or a Hugging Face checkpoint folder (``config.json`` +
     safetensors, sharded or not, or ``pytorch_model.bin``; converted in memory). None = the bundled demo model.
     ``dtype``: compute dtype ("float32", "bfloat16", "float16"); ``param_dtype``: storage dtype (default = dtype).
+    ``mesh``: a ``jax.sharding.Mesh`` with axes ("data", "model") (:func:`jaxgen.sharding.make_mesh`): parameters
+    are split for tensor parallelism and ``generate`` splits the batch; from a converted folder each device reads
+    only its own slices of the files.
     """
     from checkpoints_convert import is_converted, load_hf_params, read_converted
 
@@ -43,7 +46,7 @@ def load_model(path: str | os.PathLike | None = None, dtype: Any = "float32", pa
     compute = _dtype(dtype, "dtype")
     storage = _dtype(param_dtype, "param_dtype") or compute
     if is_converted(path):
-        config, arrays = read_converted(path)
+        config, arrays = read_converted(path, lazy=True)
     else:
         config, arrays = load_hf_params(path, dtype=storage.name)
     gen_file = os.path.join(path, "generation_config.json")

@@ -70,9 +70,21 @@ class Model:
         return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(self.params))
 
 
+def _place(array: Any, dtype: jnp.dtype, sharding: Any) -> Array:
+    """One parameter on device(s). With a sharding, each device reads only its own slice of ``array`` (which may
+    be a file-backed ``np.memmap``), so no full copy is ever made on one device or in host memory."""
+    if sharding is None:
+        return jnp.asarray(array, dtype=dtype)
+    return jax.make_array_from_callback(tuple(array.shape), sharding,
+                                        lambda index: np.asarray(array[index]).astype(dtype))
+
+
 def model_from_arrays(config: ModelConfig, arrays: Mapping[str, Any], dtype: Any = jnp.float32,
-                      param_dtype: Any = None, source: str = "checkpoint", **kwargs) -> Model:
-    """Build a :class:`Model` from ``{dotted name: array}`` in jaxgen's layout, checking names and shapes."""
+                      param_dtype: Any = None, source: str = "checkpoint", mesh: Any = None, **kwargs) -> Model:
+    """Build a :class:`Model` from ``{dotted name: array}`` in jaxgen's layout, checking names and shapes.
+
+    With a ``mesh`` (see :mod:`jaxgen.sharding`), parameters are placed sharded for tensor parallelism.
+    """
     dtype = jnp.dtype(dtype)
     param_dtype = dtype if param_dtype is None else jnp.dtype(param_dtype)
     graphdef, state = nnx.split(abstract_model(config, dtype, param_dtype))
@@ -84,11 +96,16 @@ def model_from_arrays(config: ModelConfig, arrays: Mapping[str, Any], dtype: Any
         raise CheckpointError(f"{source}: parameters do not match the config: missing {missing[:8]}"
                               f"{'…' if len(missing) > 8 else ''}, unused {unused[:8]}"
                               f"{'…' if len(unused) > 8 else ''}. Re-convert the checkpoint with `jaxgen convert`.")
+    shardings = {}
+    if mesh is not None:
+        from jaxgen.sharding import param_shardings
+
+        shardings = param_shardings(config, mesh, {n: flat[p].value.shape for n, p in expected.items()})
     for name, path in expected.items():
         want = flat[path].value.shape
         got = tuple(arrays[name].shape)
         if got != tuple(want):
             raise CheckpointError(f"{source}: parameter {name} has shape {got}, the config implies {tuple(want)}.")
-        flat[path] = flat[path].replace(jnp.asarray(arrays[name], dtype=param_dtype))
+        flat[path] = flat[path].replace(_place(arrays[name], param_dtype, shardings.get(name)))
     params = nnx.State.from_flat_path(flat) if hasattr(nnx.State, "from_flat_path") else nnx.from_flat_state(flat)
-    return Model(config=config, graphdef=graphdef, params=params, dtype=dtype, **kwargs)
+    return Model(config=config, graphdef=graphdef, params=params, dtype=dtype, mesh=mesh, **kwargs)

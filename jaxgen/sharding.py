@@ -1,0 +1,115 @@
+"""Multi-device placement on JAX's SPMD partitioner: one table of logical axes, mapped onto a (data, model) mesh.
+
+Parameters get tensor parallelism over ``model`` (attention heads, KV heads, MLP width, vocabulary); the batch and
+the KV cache's rows go over ``data``. XLA inserts every collective; jaxgen writes no communication.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxgen.config import ModelConfig
+
+DATA, MODEL = "data", "model"
+
+# Parameter name pattern -> logical axis of each dimension (the one declarative table of the placement).
+PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
+    (r"model\.embed_tokens\.embedding", ("vocab", "embed")),
+    (r"lm_head\.kernel", ("embed", "vocab")),
+    (r".*self_attn\.q_proj\.kernel", ("embed", "heads")),
+    (r".*self_attn\.[kv]_proj\.kernel", ("embed", "kv_heads")),
+    (r".*self_attn\.q_proj\.bias", ("heads",)),
+    (r".*self_attn\.[kv]_proj\.bias", ("kv_heads",)),
+    (r".*self_attn\.o_proj\.kernel", ("heads", "embed")),
+    (r".*(self_attn\.o_proj|mlp\.down_proj)\.bias", ("embed",)),
+    (r".*mlp\.(gate|up)_proj\.kernel", ("embed", "mlp")),
+    (r".*mlp\.(gate|up)_proj\.bias", ("mlp",)),
+    (r".*mlp\.down_proj\.kernel", ("mlp", "embed")),
+    (r".*norm\.weight", (None,)),
+)
+# Logical axis -> mesh axis (None = replicated).
+MESH_AXES: dict[str, str | None] = {
+    "batch": DATA, "vocab": MODEL, "heads": MODEL, "kv_heads": MODEL, "mlp": MODEL, "embed": None,
+}
+# Axes that are replicated when the model axis does not divide them ("too small to split"); the others must divide.
+REPLICATE_IF_INDIVISIBLE = ("kv_heads", "vocab")
+
+
+def make_mesh(data: int = 1, model: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ``(data, model)`` device mesh over the first ``data * model`` devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    if data < 1 or model < 1 or data * model > len(devices):
+        raise ValueError(f"mesh (data={data}, model={model}) needs {data * model} devices; {len(devices)} available.")
+    return Mesh(np.asarray(devices[: data * model]).reshape(data, model), (DATA, MODEL))
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def logical_sizes(config: ModelConfig) -> dict[str, int]:
+    """How many indivisible units each logical axis has (heads, not heads * head_dim)."""
+    return {"heads": config.num_attention_heads, "kv_heads": config.num_key_value_heads,
+            "mlp": config.intermediate_size, "vocab": config.vocab_size}
+
+
+def resolve_axes(config: ModelConfig, mesh: Mesh) -> dict[str, str | None]:
+    """The logical -> mesh mapping for this model and mesh, after divisibility checks.
+
+    Raises ValueError naming the dimension and the model-axis sizes that would work.
+    """
+    m = mesh.shape[MODEL]
+    rules = dict(MESH_AXES)
+    for axis, size in logical_sizes(config).items():
+        if size % m == 0:
+            continue
+        if axis in REPLICATE_IF_INDIVISIBLE:
+            rules[axis] = None
+            continue
+        field = {"heads": "num_attention_heads", "mlp": "intermediate_size"}[axis]
+        ok = [d for d in _divisors(config.num_attention_heads) if config.intermediate_size % d == 0]
+        raise ValueError(f"mesh axis '{MODEL}' has size {m}, which does not divide {field}={size}; "
+                         f"model-axis sizes that work for this model: {ok}.")
+    return rules
+
+
+def param_spec(name: str, ndim: int, rules: dict[str, str | None]) -> PartitionSpec:
+    for pattern, axes in PARAM_AXES:
+        if re.fullmatch(pattern, name):
+            assert len(axes) == ndim, (name, axes)
+            return PartitionSpec(*(rules.get(a) if a else None for a in axes))
+    raise KeyError(f"no sharding rule for parameter {name}; add it to jaxgen.sharding.PARAM_AXES.")
+
+
+def param_shardings(config: ModelConfig, mesh: Mesh, shapes: dict[str, tuple[int, ...]]) -> dict[str, NamedSharding]:
+    """``{parameter name: NamedSharding}`` for every parameter in ``shapes``."""
+    rules = resolve_axes(config, mesh)
+    return {name: NamedSharding(mesh, param_spec(name, len(shape), rules)) for name, shape in shapes.items()}
+
+
+def cache_sharding(config: ModelConfig, mesh: Mesh):
+    """Shardings of a :class:`jaxgen.cache.KVCache`: rows over data, KV heads over model (when divisible)."""
+    from jaxgen.cache import KVCache
+
+    rules = resolve_axes(config, mesh)
+    kv = NamedSharding(mesh, PartitionSpec(DATA, None, rules["kv_heads"], None))
+    layers = config.num_hidden_layers
+    return KVCache(keys=(kv,) * layers, values=(kv,) * layers, valid=NamedSharding(mesh, PartitionSpec(DATA, None)),
+                   index=NamedSharding(mesh, PartitionSpec()))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(DATA, *([None] * (ndim - 1))))
+
+
+def check_batch(mesh: Mesh, batch: int, what: str = "batch size") -> None:
+    d = mesh.shape[DATA]
+    if batch % d:
+        raise ValueError(f"{what} {batch} does not split over mesh axis '{DATA}' of size {d}; use a batch size "
+                         f"that is a multiple of {d} (e.g. {batch + (-batch) % d}), or a data-axis size that divides "
+                         f"{batch}: {_divisors(batch)}.")
