@@ -386,10 +386,12 @@ def is_converted(path: str | os.PathLike) -> bool:
     return os.path.isfile(os.path.join(os.fspath(path), MARKER))
 
 
-def read_converted(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+def read_converted(path: str | os.PathLike, lazy: bool = False) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     """Read a converted checkpoint: the config and ``{jaxgen dotted name: array}`` in the dtype it was saved in.
 
     Validates ``jaxgen_checkpoint.json``, every params file's header, and names/shapes against the config.
+    ``lazy=True`` returns read-only ``np.memmap`` views instead of loaded arrays: nothing is read until indexed, so
+    a device placing its own slice of a tensor (``jaxgen.load_model(..., mesh=...)``) reads only that slice.
     """
     path = os.fspath(path)
     marker_file = os.path.join(path, MARKER)
@@ -428,4 +430,7 @@ def read_converted(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, np.n
             if info.shape != expected[name]:
                 raise CheckpointError(f"{info.file}: tensor '{name}' has shape {info.shape}, config.json implies "
                                       f"{expected[name]}. Convert the checkpoint again.")
+        if lazy:
+            return config, {info.name: np.memmap(info.file, dtype=info.dtype, mode="r", offset=info.offset,
+                                                 shape=info.shape) for info in ckpt.ordered()}
         return config, {info.name: ckpt.read(info.name) for info in ckpt.ordered()}

@@ -102,19 +102,21 @@ def resolve_config(model: Model, config: GenerationConfig | None, overrides: dic
     return cfg
 
 
-def generate(model: Model, input_ids: Any, attention_mask: Any = None, config: GenerationConfig | None = None,
-             key: Any = None, *, streamer: Streamer | None = None, stream_every: int = 8,
-             **overrides: Any) -> GenerationOutput:
-    """Generate continuations of left-padded ``input_ids`` int32 ``[B, T]`` with one compiled program.
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """A checked, bucketed call of the compiled program and what is needed to shape its results."""
 
-    ``config`` defaults to the model's ``generation_config.json`` (else transformers' defaults); keyword
-    ``overrides`` (``max_new_tokens=32, do_sample=True, ...``) apply on top. ``key``: one PRNG key or one per row,
-    needed only for sampling. Same inputs and key give bit-identical outputs. See :class:`GenerationOutput`.
+    args: tuple
+    config: GenerationConfig
+    prompt: np.ndarray  # int32 [B*R, T]: the caller's prompt rows, repeated per returned sequence
+    max_new: int
+    keys: Array | None
+    stream: bool
 
-    ``streamer(tokens[B', N], num_steps, done[B'])`` (greedy/sampling) receives the new tokens every
-    ``stream_every`` steps from inside the compiled loop (rows in bucket order; only the first ``num_steps``
-    columns are filled).
-    """
+
+def _prepare(model: Model, input_ids: Any, attention_mask: Any, config: GenerationConfig | None, key: Any,
+             overrides: dict[str, Any], streaming: bool = False, stream_every: int = 8) -> _Call:
+    """Everything host-side: validation (before anything compiles), padding to buckets, static/traced split."""
     cfg = resolve_config(model, config, overrides)
     ids, mask = _check_inputs(model, input_ids, attention_mask)
     b, t = ids.shape
@@ -133,6 +135,8 @@ def generate(model: Model, input_ids: Any, attention_mask: Any = None, config: G
             raise ValueError("the batch is padded but pad_token_id is not set: pass pad_token_id=... (often the "
                              "tokenizer's pad or EOS id).")
         pad = cfg.eos_token_ids[0] if cfg.eos_token_ids else 0
+    if not isinstance(stream_every, int) or stream_every < 1:
+        raise ValueError(f"stream_every={stream_every!r} is invalid: must be an integer >= 1.")
     r = cfg.num_return_sequences
     keys = _row_keys(key, b, r, cfg.do_sample)
     beam = cfg.num_beams > 1
@@ -155,10 +159,11 @@ def generate(model: Model, input_ids: Any, attention_mask: Any = None, config: G
         top_p=do_sample and cfg.top_p < 1.0,
         min_p=do_sample and cfg.min_p is not None,
     )
+    stream = streaming and not beam
     spec = DecodeSpec(max_new_tokens=nb, do_sample=do_sample, num_beams=cfg.num_beams, num_return_sequences=r,
                       top_logprobs=cfg.top_logprobs, logprobs_mode=cfg.logprobs_mode,
                       early_stopping=cfg.early_stopping if beam else False, plan=plan,
-                      stream_every=int(stream_every) if streamer is not None and not beam else 0)
+                      stream_every=stream_every if stream else 0)
     dp = DecodeParams(
         processors=P.ProcessorParams(
             temperature=jnp.float32(cfg.temperature), top_k=jnp.int32(min(cfg.top_k, model.config.vocab_size)),
@@ -166,30 +171,64 @@ def generate(model: Model, input_ids: Any, attention_mask: Any = None, config: G
             repetition_penalty=jnp.float32(cfg.repetition_penalty), min_new_tokens=jnp.int32(cfg.min_new_tokens)),
         max_new_tokens=jnp.int32(max_new), pad_token_id=jnp.int32(pad), length_penalty=jnp.float32(cfg.length_penalty))
 
-    with streaming_to(streamer if spec.stream_every else None):
-        res = _compiled(model.graphdef, model.config, model.dtype.name, spec, model.params, jnp.asarray(ids_b),
-                        jnp.asarray(mask_b), keys, dp)
-        res = jax.block_until_ready(res)
-    tokens = res["tokens"][:, :max_new]
-    prompt = jnp.asarray(np.repeat(ids, r, axis=0) if beam else ids)
+    ids_d, mask_d, cache_sharding = jnp.asarray(ids_b), jnp.asarray(mask_b), None
+    if model.mesh is not None:  # batch rows over the mesh's data axis; parameters already carry their shardings
+        from jaxgen import sharding as S
+
+        S.check_batch(model.mesh, ids_b.shape[0])
+        ids_d, mask_d = (jax.device_put(x, S.batch_sharding(model.mesh)) for x in (ids_b, mask_b))
+        keys = None if keys is None else jax.device_put(keys, S.batch_sharding(model.mesh, 1))
+        cache_sharding = S.cache_sharding(model.config, model.mesh)
+    args = (model.graphdef, model.config, model.dtype.name, spec, cache_sharding, model.params, ids_d, mask_d, keys,
+            dp)
+    return _Call(args=args, config=cfg, prompt=np.repeat(ids, r, axis=0) if beam else ids, max_new=max_new,
+                 keys=keys, stream=stream)
+
+
+def generate(model: Model, input_ids: Any, attention_mask: Any = None, config: GenerationConfig | None = None,
+             key: Any = None, *, streamer: Streamer | None = None, stream_every: int = 8,
+             **overrides: Any) -> GenerationOutput:
+    """Generate continuations of left-padded ``input_ids`` int32 ``[B, T]`` with one compiled program.
+
+    ``config`` defaults to the model's ``generation_config.json`` (else transformers' defaults); keyword
+    ``overrides`` (``max_new_tokens=32, do_sample=True, ...``) apply on top. ``key``: one PRNG key or one per row,
+    needed only for sampling. Same inputs and key give bit-identical outputs. See :class:`GenerationOutput`.
+
+    ``streamer(tokens[B', N], num_steps, done[B'])`` (greedy/sampling) receives the new tokens every
+    ``stream_every`` steps from inside the compiled loop (rows in call order; only the first ``num_steps``
+    columns are filled).
+    """
+    call = _prepare(model, input_ids, attention_mask, config, key, overrides, streamer is not None, stream_every)
+    with streaming_to(streamer if call.stream else None):
+        res = jax.block_until_ready(_compiled(*call.args))
+    n = call.max_new
     return GenerationOutput(
-        sequences=jnp.concatenate([prompt, tokens], axis=1),
-        token_logprobs=res["token_logprobs"][:, :max_new],
-        top_token_ids=res["top_ids"][:, :max_new],
-        top_logprobs=res["top_logprobs"][:, :max_new],
+        sequences=jnp.concatenate([jnp.asarray(call.prompt), res["tokens"][:, :n]], axis=1),
+        token_logprobs=res["token_logprobs"][:, :n],
+        top_token_ids=res["top_ids"][:, :n],
+        top_logprobs=res["top_logprobs"][:, :n],
         num_generated=res["num_generated"],
         sequences_scores=res.get("sequences_scores"),
-        keys=None if keys is None else jax.random.key_data(keys),
-        prompt_length=t, config=cfg)
+        keys=None if call.keys is None else jax.random.key_data(call.keys),
+        prompt_length=call.prompt.shape[1], config=call.config)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "config", "dtype", "spec"))
-def _compiled(graphdef, config, dtype: str, spec: DecodeSpec, params, input_ids, mask, keys,
+def lower(model: Model, input_ids: Any, attention_mask: Any = None, config: GenerationConfig | None = None,
+          key: Any = None, **overrides: Any) -> jax.stages.Lowered:
+    """The compiled program ``generate`` would run for these arguments, lowered (``.compile()``, ``.as_text()``,
+    ``.compile().input_shardings``) — for inspecting shardings and compile cost without running it."""
+    return _compiled.lower(*_prepare(model, input_ids, attention_mask, config, key, overrides).args)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "config", "dtype", "spec", "cache_sharding"))
+def _compiled(graphdef, config, dtype: str, spec: DecodeSpec, cache_sharding, params, input_ids, mask, keys,
               dp: DecodeParams) -> dict[str, Array]:
     """Prefill + decode loop (greedy, sampling or beam search) as one program; the cache lives inside it."""
     step = make_step(graphdef)
     b, t = input_ids.shape
     cache = init_cache(config, b, t + spec.max_new_tokens, jnp.dtype(dtype))
+    if cache_sharding is not None:
+        cache = jax.lax.with_sharding_constraint(cache, cache_sharding)
     if spec.num_beams == 1:
         s = decode(step, params, input_ids, mask, keys, cache, spec, dp)
         return dict(tokens=s.tokens, token_logprobs=s.token_logprobs, top_ids=s.top_ids,

@@ -21,8 +21,8 @@ transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 import checkpoints_convert  # noqa: E402
-from checkpoints_convert import cli, convert, convert_checkpoint, is_converted, load_hf_params, read_converted  # noqa: E402
-from checkpoints_convert import tables  # noqa: E402
+from checkpoints_convert import cli, convert, tables  # noqa: E402
+from checkpoints_convert import convert_checkpoint, is_converted, load_hf_params, read_converted  # noqa: E402
 from jaxgen.config import SUPPORTED_MODEL_TYPES, ModelConfig  # noqa: E402
 from jaxgen.errors import CheckpointError, ConfigError  # noqa: E402
 from jaxgen.model import model_from_arrays, param_shapes  # noqa: E402
