@@ -6,12 +6,12 @@
 
 from jaxgen.config import ModelConfig
 from jaxgen.errors import CheckpointError, ConfigError, JaxgenError
-from jaxgen.generate import generate
+from jaxgen.generate import compile_count, generate, lower
 from jaxgen.generation_config import GenerationConfig
 from jaxgen.loading import load_model
 from jaxgen.model import Model
 from jaxgen.outputs import GenerationOutput
 
 __all__ = ["CheckpointError", "ConfigError", "GenerationConfig", "GenerationOutput", "JaxgenError", "Model",
-           "ModelConfig", "generate", "load_model"]
+           "ModelConfig", "compile_count", "generate", "load_model", "lower"]
 __version__ = "0.1.0"

@@ -213,6 +213,11 @@ def generate(model: Model, input_ids: Any, attention_mask: Any = None, config: G
         prompt_length=call.prompt.shape[1], config=call.config)
 
 
+def compile_count() -> int:
+    """How many decoding programs have been compiled in this process (a recompilation guard for tests/benchmarks)."""
+    return _compiled._cache_size()
+
+
 def lower(model: Model, input_ids: Any, attention_mask: Any = None, config: GenerationConfig | None = None,
           key: Any = None, **overrides: Any) -> jax.stages.Lowered:
     """The compiled program ``generate`` would run for these arguments, lowered (``.compile()``, ``.as_text()``,
