@@ -175,9 +175,13 @@ def _prepare(model: Model, input_ids: Any, attention_mask: Any, config: Generati
     if model.mesh is not None:  # batch rows over the mesh's data axis; parameters already carry their shardings
         from jaxgen import sharding as S
 
+        from jaxgen.distributed import global_array
+
         S.check_batch(model.mesh, ids_b.shape[0])
-        ids_d, mask_d = (jax.device_put(x, S.batch_sharding(model.mesh)) for x in (ids_b, mask_b))
-        keys = None if keys is None else jax.device_put(keys, S.batch_sharding(model.mesh, 1))
+        ids_d, mask_d = (global_array(x, S.batch_sharding(model.mesh)) for x in (ids_b, mask_b))
+        if keys is not None:
+            key_data = np.asarray(jax.random.key_data(keys))
+            keys = jax.random.wrap_key_data(global_array(key_data, S.batch_sharding(model.mesh)))
         cache_sharding = S.cache_sharding(model.config, model.mesh)
     args = (model.graphdef, model.config, model.dtype.name, spec, cache_sharding, model.params, ids_d, mask_d, keys,
             dp)
@@ -201,6 +205,10 @@ def generate(model: Model, input_ids: Any, attention_mask: Any = None, config: G
     call = _prepare(model, input_ids, attention_mask, config, key, overrides, streamer is not None, stream_every)
     with streaming_to(streamer if call.stream else None):
         res = jax.block_until_ready(_compiled(*call.args))
+    if jax.process_count() > 1:  # results span hosts: every process gets the full arrays (process 0 writes them)
+        from jaxgen.distributed import fetch
+
+        res = fetch(res)
     n = call.max_new
     return GenerationOutput(
         sequences=jnp.concatenate([jnp.asarray(call.prompt), res["tokens"][:, :n]], axis=1),
