@@ -24,7 +24,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         num_processes = int(os.environ["JAXGEN_NUM_PROCESSES"])
     if process_id is None and "JAXGEN_PROCESS_ID" in os.environ:
         process_id = int(os.environ["JAXGEN_PROCESS_ID"])
-    if jax.process_count() > 1:
+    if jax.distributed.is_initialized():
         return
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id)
