@@ -1,0 +1,148 @@
+"""Teacher-forced scoring: the logprob of every given token and the top-k alternatives at each position.
+
+Like vLLM's ``prompt_logprobs`` / TGI's ``decoder_input_details``: one compiled causal forward pass over the
+whole sequence (no KV cache, no decode loop), lengths and batch bucketed so that similar inputs reuse the program.
+The logprob at position ``t`` is ``log_softmax(logits[t - 1])[token[t]]``: raw model probabilities, no sampling
+processors. A row's first real token has nothing before it, so it gets NaN (and ids -1), as does padding.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jax import Array
+
+from jaxgen.decode.loop import prompt_positions
+from jaxgen.generate import bucket
+from jaxgen.model import Model, make_step
+
+__all__ = ["ScoreOutput", "forward_logits", "score"]
+
+
+@struct.dataclass
+class ScoreOutput:
+    """Result of :func:`score` for ``input_ids[B, T]`` and ``k = top_logprobs``.
+
+    - ``token_logprobs`` float32 ``[B, T]``: logprob of ``input_ids[b, t]`` given the tokens before it; NaN at each
+      row's first real token and at padding.
+    - ``top_token_ids`` int32 / ``top_logprobs`` float32 ``[B, T, k]``: the k most likely tokens at position ``t``
+      (predicted from the tokens before it), most likely first; -1 / NaN where ``token_logprobs`` is NaN.
+    - ``input_ids`` int32 / ``attention_mask`` int32 ``[B, T]``: the inputs, for reference.
+    """
+
+    token_logprobs: Array
+    top_token_ids: Array
+    top_logprobs: Array
+    input_ids: Array
+    attention_mask: Array
+
+    def total_logprob(self) -> Array:
+        """float32 ``[B]``: sum of the defined token logprobs of each row (the sequence's log-likelihood)."""
+        return jnp.nansum(self.token_logprobs, axis=-1)
+
+
+def _check(model: Model, input_ids: Any, attention_mask: Any) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.asarray(input_ids)
+    if ids.ndim == 1:
+        ids = ids[None, :]
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"input_ids must be an integer array [batch, length]; got dtype {ids.dtype} shape "
+                         f"{ids.shape}.")
+    if ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise ValueError(f"input_ids is empty (shape {ids.shape}); give at least one token per row.")
+    mask = np.ones(ids.shape, np.int32) if attention_mask is None else np.asarray(attention_mask)
+    if mask.ndim == 1:
+        mask = mask[None, :]
+    if mask.shape != ids.shape:
+        raise ValueError(f"attention_mask shape {mask.shape} differs from input_ids shape {ids.shape}.")
+    if not np.isin(mask, (0, 1)).all():
+        raise ValueError("attention_mask must contain only 0 (padding) and 1 (token).")
+    mask = mask.astype(np.int32)
+    counts = mask.sum(axis=1)
+    if (counts == 0).any():
+        raise ValueError(f"attention_mask rows {np.flatnonzero(counts == 0).tolist()} have no tokens.")
+    # Real tokens must be one contiguous run (left or right padding), so "the token before" is well defined.
+    first = mask.argmax(axis=1)
+    last = mask.shape[1] - 1 - mask[:, ::-1].argmax(axis=1)
+    if (last - first + 1 != counts).any():
+        raise ValueError("attention_mask must mark one contiguous run of tokens per row (left or right padding).")
+    vocab = model.config.vocab_size
+    real = ids[mask == 1]
+    if real.min() < 0 or real.max() >= vocab:
+        raise ValueError(f"input_ids has token ids outside [0, vocab_size={vocab}).")
+    if counts.max() > model.config.max_position_embeddings:
+        raise ValueError(f"a row has {counts.max()} tokens, more than the model's context "
+                         f"(max_position_embeddings={model.config.max_position_embeddings}).")
+    return ids.astype(np.int32), mask
+
+
+def _bucketed(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad to a bucketed length and batch (masked, so causal attention never sees the extra slots)."""
+    b, t = ids.shape
+    bb, tb = bucket(b, 1), bucket(t)
+    ids_b = np.zeros((bb, tb), np.int32)
+    mask_b = np.zeros((bb, tb), np.int32)
+    ids_b[:b, :t], mask_b[:b, :t] = ids, mask
+    mask_b[b:, 0] = 1  # filler rows get one token, so no row is all padding
+    return ids_b, mask_b
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _logits(graphdef, params, ids: Array, mask: Array) -> Array:
+    logits, _ = make_step(graphdef)(params, ids, prompt_positions(mask), None, mask)
+    return logits
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "k"))
+def _score(graphdef, k: int, params, ids: Array, mask: Array) -> tuple[Array, Array, Array]:
+    logits, _ = make_step(graphdef)(params, ids, prompt_positions(mask), None, mask)
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)  # predicts tokens 1..T-1
+    chosen = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
+    defined = (mask[:, 1:] > 0) & (mask[:, :-1] > 0)
+    chosen = jnp.where(defined, chosen, jnp.nan)
+    if k:
+        top_lp, top_ids = jax.lax.top_k(logp, k)
+        top_lp = jnp.where(defined[..., None], top_lp, jnp.nan)
+        top_ids = jnp.where(defined[..., None], top_ids.astype(jnp.int32), -1)
+    else:
+        top_lp = jnp.zeros(logp.shape[:2] + (0,), jnp.float32)
+        top_ids = jnp.zeros(logp.shape[:2] + (0,), jnp.int32)
+    pad = lambda x, value: jnp.concatenate([jnp.full((x.shape[0], 1) + x.shape[2:], value, x.dtype), x], axis=1)
+    return pad(chosen, jnp.nan), pad(top_ids, -1), pad(top_lp, jnp.nan)
+
+
+def score(model: Model, input_ids: Any, attention_mask: Any = None, top_logprobs: int = 0) -> ScoreOutput:
+    """Teacher-forced logprobs of ``input_ids`` int ``[B, T]`` (or ``[T]``) under ``model``; see :class:`ScoreOutput`.
+
+    ``attention_mask`` ``[B, T]``: 1 for tokens, 0 for padding (left or right); None = no padding. Position ids
+    count real tokens only (``cumsum(mask) - 1``, as transformers' ``generate``), so a padded row scores like the
+    same row alone. ``top_logprobs``: k alternatives per position (0 = none). One compiled forward pass; lengths
+    are bucketed to powers of two (at least 16) and the batch to a power of two.
+    """
+    if not isinstance(top_logprobs, (int, np.integer)) or isinstance(top_logprobs, bool) or \
+            not 0 <= top_logprobs <= model.config.vocab_size:
+        raise ValueError(f"top_logprobs={top_logprobs!r} is invalid: must be an integer in "
+                         f"[0, vocab_size={model.config.vocab_size}].")
+    ids, mask = _check(model, input_ids, attention_mask)
+    b, t = ids.shape
+    ids_b, mask_b = _bucketed(ids, mask)
+    lp, top_ids, top_lp = _score(model.graphdef, int(top_logprobs), model.params, jnp.asarray(ids_b),
+                                 jnp.asarray(mask_b))
+    return ScoreOutput(token_logprobs=lp[:b, :t], top_token_ids=top_ids[:b, :t], top_logprobs=top_lp[:b, :t],
+                       input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask))
+
+
+def forward_logits(model: Model, input_ids: Any, attention_mask: Any = None) -> Array:
+    """float32 ``[B, T, V]``: the model's logits at every position (the full tensor: mind the memory).
+
+    Same conventions and buckets as :func:`score`; used by ``jaxgen.crosscheck`` to compare logits directly.
+    """
+    ids, mask = _check(model, input_ids, attention_mask)
+    b, t = ids.shape
+    ids_b, mask_b = _bucketed(ids, mask)
+    return _logits(model.graphdef, model.params, jnp.asarray(ids_b), jnp.asarray(mask_b))[:b, :t]
