@@ -11,7 +11,11 @@ from jaxgen.generation_config import GenerationConfig
 from jaxgen.loading import load_model
 from jaxgen.model import Model
 from jaxgen.outputs import GenerationOutput
+from jaxgen import crosscheck
+from jaxgen.scoring import ScoreOutput, score
+from jaxgen.tokenizer import TextGeneration, generate_text, load_tokenizer
 
 __all__ = ["CheckpointError", "ConfigError", "GenerationConfig", "GenerationOutput", "JaxgenError", "Model",
            "ModelConfig", "compile_count", "generate", "load_model", "lower"]
+__all__ += ["ScoreOutput", "TextGeneration", "crosscheck", "generate_text", "load_tokenizer", "score"]
 __version__ = "0.1.0"

@@ -220,9 +220,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             print(f"=== prompt {i}: {_q(prompt) if isinstance(prompt, str) else prompt}", file=out, flush=True)
 
         def streamer(row: int, piece: str) -> None:
+            # Runs on the XLA callback thread: never raise there (a closed pipe, e.g. `| head`, ends the
+            # output, and main() exits quietly once the call returns and the next write fails).
             with lock:
-                out.write(piece)
-                out.flush()
+                try:
+                    out.write(piece)
+                    out.flush()
+                except (BrokenPipeError, ValueError):
+                    pass
 
         results = generate_text(model, tokenizer, [prompt], chat=args.chat, config=cfg, key=key,
                                 streamer=streamer if stream else None, stream_every=args.stream_every)
@@ -300,9 +305,12 @@ DEFAULT_PROMPTS = ("The capital of France is", "def fibonacci(n):", "Once upon a
 
 
 def _cmd_crosscheck(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
     from jaxgen.crosscheck import compare
     from jaxgen.tokenizer import has_tokenizer
 
+    hf_logging.disable_progress_bar()  # keep the terminal for the report
     if not os.path.isdir(args.model):
         raise UserError(f"model folder {args.model} does not exist.")
     prompts = _collect_prompts(args, required=False)
@@ -400,6 +408,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`jaxgen generate ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (UserError, JaxgenError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         if os.environ.get("JAXGEN_TRACEBACK"):
             raise

@@ -206,13 +206,9 @@ class _Sides:
     def jax_logits(self, seqs: list[list[int]]) -> list[np.ndarray]:
         from jaxgen.scoring import forward_logits
 
-        t = max(len(s) for s in seqs)
-        ids = np.zeros((len(seqs), t), np.int32)
-        mask = np.zeros((len(seqs), t), np.int32)
-        for i, s in enumerate(seqs):  # right padding: causal attention never looks at it
-            ids[i, :len(s)], mask[i, :len(s)] = s, 1
-        logits = np.asarray(forward_logits(self.jax, ids, mask))
-        return [logits[i, :len(s)] for i, s in enumerate(seqs)]
+        # One sequence at a time, like the transformers side: every call of a cross-check then shares one
+        # compiled program per length bucket, whatever the number of sequences a mode returns.
+        return [np.asarray(forward_logits(self.jax, np.asarray([s], np.int32)))[0] for s in seqs]
 
 
 def _teacher_forced(logits: np.ndarray, seq: list[int], start: int) -> np.ndarray:

@@ -160,7 +160,10 @@ def _prepare(model: Model, input_ids: Any, attention_mask: Any, config: Generati
         min_p=do_sample and cfg.min_p is not None,
     )
     stream = streaming and not beam
-    spec = DecodeSpec(max_new_tokens=nb, do_sample=do_sample, num_beams=cfg.num_beams, num_return_sequences=r,
+    # Sampling repeats the prompt rows on the host, so R only shapes beam search's output inside the program;
+    # keeping it out of the sampling spec lets B prompts x R returns reuse the program compiled for B*R rows.
+    spec = DecodeSpec(max_new_tokens=nb, do_sample=do_sample, num_beams=cfg.num_beams,
+                      num_return_sequences=r if beam else 1,
                       top_logprobs=cfg.top_logprobs, logprobs_mode=cfg.logprobs_mode,
                       early_stopping=cfg.early_stopping if beam else False, plan=plan,
                       stream_every=stream_every if stream else 0)

@@ -156,34 +156,36 @@ class _TokenText:
 
 
 class _IncrementalText:
-    """Decode a growing token list and hand out only the new text.
+    """Decode a growing token list and hand out only the new text, in time linear in its length.
 
-    Re-decodes the whole row each time (fast tokenizers decode thousands of ids in well under a millisecond) so the
-    pieces concatenate to exactly the final text; a trailing U+FFFD (an incomplete UTF-8 sequence of byte-level
-    tokens) is held back until the next bytes arrive.
+    Decodes a window from ``prefix`` (tokens already turned into text once, kept as context so that tokenizers
+    whose decoding of a token depends on its neighbours, like SentencePiece's leading space, agree) to the end,
+    and hands out what lies beyond the window's old text. A trailing U+FFFD (an incomplete UTF-8 sequence of
+    byte-level tokens) is held back until its remaining bytes arrive, so the pieces concatenate to the decoded
+    text of the whole list.
     """
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self.emitted = ""
+        self.prefix = 0  # window start
+        self.read = 0  # tokens whose text has been handed out
 
     def update(self, ids: Sequence[int], final: bool = False) -> str:
-        text = self.tokenizer.decode(list(ids), skip_special_tokens=True)
-        if not final:
-            text = text.rstrip("\ufffd")
-        # Decoding is prefix-stable for byte-level and SentencePiece tokenizers; where a clean-up rewrites earlier
-        # text, what was printed cannot be taken back, so only the part past it is handed out.
-        new = text[len(self.emitted):]
-        self.emitted += new
-        return new
+        window = [int(t) for t in ids[self.prefix:]]
+        decode = lambda part: self.tokenizer.decode(part, skip_special_tokens=True)
+        old = decode(window[:self.read - self.prefix])
+        new = decode(window)
+        if len(new) <= len(old) or (new.endswith("\ufffd") and not final):
+            return ""
+        self.prefix, self.read = self.read, len(ids)
+        return new[len(old):]
 
 
 def _text_ids(row: np.ndarray, steps: int, eos: set[int]) -> np.ndarray:
     """The tokens of a row that make its text: up to ``steps``, stopping before the first EOS."""
-    for i in range(steps):
-        if int(row[i]) in eos:
-            return row[:i]
-    return row[:steps]
+    row = row[:steps]
+    stops = np.flatnonzero(np.isin(row, list(eos))) if eos else ()
+    return row[:stops[0]] if len(stops) else row
 
 
 def generate_text(model: Model, tokenizer, prompts: str | Sequence[str | Sequence[int]], *, chat: bool = False,

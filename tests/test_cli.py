@@ -24,7 +24,8 @@ from jaxgen.scoring import score
 from jaxgen.tokenizer import generate_text, load_tokenizer
 from test_tokenizer import GENERATION_DEFAULTS, no_tokenizer_dir, text_model, text_model_dir
 
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+# Without PYTHONUNBUFFERED: the command itself must flush what it streams.
+ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "JAX_PLATFORMS": "cpu"}
 K = 3
 
 

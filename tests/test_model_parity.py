@@ -6,6 +6,12 @@
 * full-size configs (Llama-3-8B, Mistral-7B, Qwen2.5-7B, Qwen3-8B) build and trace abstractly, with no allocation.
 
 Run with ``pytest -s`` to see the measured differences per variant (one line per check, and a table at the end).
+
+Every check runs on every variant. Compiling costs ~1.2 s of CPU per program shape, and each variant needs five
+(batch of one, padded batch, prefill, one-token step, bfloat16), so the combinations that add the least are marked
+``slow``: the batch-of-one and bfloat16 checks of variants whose only difference from another variant is a RoPE
+frequency table or a head count already covered (the padded-batch and decode checks still run on those).
+``pytest -m "not slow"`` runs the core set.
 """
 
 from __future__ import annotations
@@ -46,6 +52,18 @@ F32_ATOL = 1e-4
 # differ by that much, and so do transformers' own cached and uncached passes (1.5-2e-5), while a real cache bug
 # (wrong slot, mask, window or position) moves logits by >= 1e-2. Hence 1e-5 relative to the largest logit.
 DECODE_RTOL = 1e-5
+
+# Variants on which the batch-of-one / bfloat16 checks are not marked slow: one per attention layout, window kind,
+# bias/norm kind, tied head, plus the RoPE types whose batch-of-one (dynamic: max over the batch) or bfloat16
+# (yarn: cos/sin scaled by the attention factor) path differs.
+CORE_BATCH_OF_ONE = ("llama_gqa", "llama_mqa_tied", "llama_dynamic_rope", "mistral_window", "qwen2_bias",
+                     "qwen3_qknorm")
+CORE_BF16 = ("llama_gqa", "llama_mqa_tied", "llama_yarn_rope", "mistral_window", "qwen2_bias", "qwen3_qknorm")
+
+
+def variants(core: tuple[str, ...]) -> list:
+    return [pytest.param(v, id=v, marks=() if v in core else pytest.mark.slow) for v in VARIANTS]
+
 
 RESULTS: dict[str, dict[str, str]] = {}  # variant -> check -> measured figure, printed at the end of the module
 
@@ -107,6 +125,10 @@ def is_dynamic(variant: str) -> bool:
     return hf_model(variant).config.rope_parameters.get("rope_type") == "dynamic"
 
 
+def long_tensor(a) -> torch.Tensor:
+    return torch.tensor(np.asarray(a), dtype=torch.long)  # a copy: numpy views of jax arrays are read-only
+
+
 def hf_logits(variant: str, ids: np.ndarray, mask: np.ndarray | None = None, positions: np.ndarray | None = None,
               dtype: str = "float32") -> np.ndarray:
     model = hf_model(variant, dtype)
@@ -117,14 +139,14 @@ def hf_logits(variant: str, ids: np.ndarray, mask: np.ndarray | None = None, pos
             model(torch.zeros((1, 1), dtype=torch.long))
         kwargs = {}
         if mask is not None:  # generate's way: the mask, and position ids that skip the left padding
-            kwargs = dict(attention_mask=torch.from_numpy(mask).long(), position_ids=torch.from_numpy(positions).long())
-        return model(torch.from_numpy(ids).long(), **kwargs).logits.float().numpy()
+            kwargs = dict(attention_mask=long_tensor(mask), position_ids=long_tensor(positions))
+        return model(long_tensor(ids), **kwargs).logits.float().numpy()
 
 
 def hf_cached_decode(variant: str, ids, mask, positions) -> np.ndarray:
     """transformers' own prefill + one-token steps through its DynamicCache (what its generate does)."""
     model = hf_model(variant)
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).long()
+    t = long_tensor
     with torch.no_grad():
         if is_dynamic(variant):
             model(torch.zeros((1, 1), dtype=torch.long))
@@ -145,12 +167,16 @@ def single_prompt() -> np.ndarray:
     return np.random.default_rng(0).integers(3, 128, (1, SEQ)).astype(np.int32)
 
 
+@functools.lru_cache(maxsize=None)
 def padded_batch() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, mask, positions) ``int32[3, SEQ]``: left-padded rows of LENGTHS, pad id 0, generate's positions."""
     ids = np.random.default_rng(1).integers(3, 128, (len(LENGTHS), SEQ)).astype(np.int32)
     mask = (np.arange(SEQ)[None, :] >= SEQ - np.asarray(LENGTHS)[:, None]).astype(np.int32)
     ids = np.where(mask > 0, ids, 0).astype(np.int32)
-    return ids, mask, np.asarray(prompt_positions(jnp.asarray(mask)))
+    positions = np.asarray(prompt_positions(jnp.asarray(mask)))
+    np.testing.assert_array_equal(positions[0], np.arange(SEQ))  # the unpadded row counts from 0
+    np.testing.assert_array_equal(positions[-1, -LENGTHS[-1]:], np.arange(LENGTHS[-1]))
+    return ids, mask, positions
 
 
 def jax_forward(variant: str, ids, mask, positions, dtype: str = "float32") -> np.ndarray:
@@ -178,17 +204,17 @@ def rms(x) -> float:
 
 # --- float32 parity -----------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("variant", variants(CORE_BATCH_OF_ONE))
 def test_float32_logits_batch_of_one(variant):
     ids = single_prompt()
-    ones = np.ones_like(ids)
-    ours = jax_forward(variant, ids, ones, np.asarray(prompt_positions(jnp.asarray(ones))))
+    ours = jax_forward(variant, ids, np.ones_like(ids), np.arange(SEQ, dtype=np.int32)[None])
     theirs = hf_logits(variant, ids)
     # How far each float32 run is from transformers in float64: jaxgen must be about as exact as transformers is.
     exact = copy.deepcopy(hf_model(variant)).double()
     with torch.no_grad():
         if is_dynamic(variant):
             exact(torch.zeros((1, 1), dtype=torch.long))
-        exact = exact(torch.from_numpy(ids).long()).logits.numpy()
+        exact = exact(long_tensor(ids)).logits.numpy()
     diff, ours_err, theirs_err = max_abs(ours, theirs), max_abs(ours, exact), max_abs(theirs, exact)
     record(variant, "f32-b1", f"{diff:.1e}")
     print(f"[parity] {variant:20s} f64-ref  jaxgen f32 err {ours_err:.1e}, transformers f32 err {theirs_err:.1e} "
@@ -255,6 +281,7 @@ BF16_REL_MAX = 0.12
 BF16_MIN_ARGMAX_AGREEMENT = 0.85
 
 
+@pytest.mark.parametrize("variant", variants(CORE_BF16))
 def test_bfloat16_close_to_transformers_bfloat16(variant):
     model, _ = jax_model(variant, "bfloat16")
     assert {x.dtype for x in jax.tree_util.tree_leaves(model.params)} == {jnp.dtype(jnp.bfloat16)}

@@ -1,6 +1,6 @@
 """Train the bundled demo model: a small Llama on the Python standard library's own source code.
 
-    python -m jaxgen.demo.train --out jaxgen/demo/model [--seed 0] [--steps 1400] [--batch-size 16]
+    python -m jaxgen.demo.train --out jaxgen/demo/model [--seed 0] [--steps 400] [--batch-size 8]
 
 Everything comes from this machine: the corpus is the ``.py`` files of the running Python's standard library
 (tests, site-packages and data tables left out), split by file into training and held-out sets from the seed.
@@ -49,7 +49,7 @@ class Hyper:
     """Model and optimisation settings (defaults: the committed model)."""
 
     seed: int = 0
-    steps: int = 250
+    steps: int = 400
     batch_size: int = 8
     seq_len: int = 256
     vocab_size: int = 4096
