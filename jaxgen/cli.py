@@ -177,7 +177,20 @@ def _load(args: argparse.Namespace, prompts: Sequence[Any], want_tokenizer: bool
     tokenizer = None
     if _needs_text(prompts) or (want_tokenizer and has_tokenizer(folder)):
         tokenizer = load_tokenizer(folder)  # before the weights: a missing tokenizer fails fast
-    model = jaxgen.load_model(folder, dtype=args.dtype)
+    mesh = None
+    if getattr(args, "distributed", False):
+        from jaxgen.distributed import initialize
+
+        initialize()  # before anything touches the XLA backend
+    if getattr(args, "mesh", None):
+        from jaxgen.sharding import make_mesh
+
+        try:
+            data, model_axis = (int(x) for x in args.mesh.split(","))
+        except ValueError:
+            raise UserError(f"--mesh must be DATA,MODEL (e.g. 2,4), got {args.mesh!r}.") from None
+        mesh = make_mesh(data, model_axis)
+    model = jaxgen.load_model(folder, dtype=args.dtype, mesh=mesh)
     return model, tokenizer
 
 
@@ -210,7 +223,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     model, tokenizer = _load(args, prompts)
     cfg = resolve_config(model, None, _overrides(args))  # validates every option before anything compiles
     base = jax.random.key(seed)
-    out = sys.stdout
+    out = sys.stdout if jax.process_index() == 0 else open(os.devnull, "w")  # multi-host: process 0 writes
     lock = threading.Lock()
     for i, prompt in enumerate(prompts):
         # Prompt i always samples with fold_in(key(seed), i): the same seed repeats any prompt of the run.
@@ -357,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate continuations; text streams to stdout, the seed goes to stderr.")
     _add_common(g)
     g.add_argument("--seed", type=int, help="sampling seed (default: a random one, printed to stderr)")
+    g.add_argument("--mesh", metavar="DATA,MODEL", help="run on a device mesh, e.g. 2,4 (batch over DATA, tensor "
+                                                         "parallel over MODEL)")
+    g.add_argument("--distributed", action="store_true",
+                   help="multi-host: call jax.distributed.initialize() first (see README); process 0 prints")
     g.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
     g.add_argument("--stream-every", "--stream_every", dest="stream_every", type=int, default=4, metavar="K",
                    help="hand text to the terminal every K tokens (default 4)")

@@ -56,6 +56,13 @@ def compare(variant: str, ids, mask, **kw):
     out = jaxgen.generate(model, ids, mask, **kw)
     ref = hf_generate(hf, ids, mask, **kw)
     assert_same_sequences(out, ref, kw["pad_token_id"])
+    # num_generated: up to and including the first EOS, else max_new_tokens
+    eos = kw.get("eos_token_id")
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else eos
+    new = np.asarray(out.sequences)[:, ids.shape[1]:]
+    hit = np.isin(new, eos)
+    expected = np.where(hit.any(1), hit.argmax(1) + 1, kw["max_new_tokens"])
+    np.testing.assert_array_equal(np.asarray(out.num_generated), expected)
     return out, ref
 
 
@@ -72,10 +79,11 @@ def test_left_padded_batch_with_eos_midway(family):
     assert out.sequences.shape == (3, ids.shape[1] + MAX_NEW)
 
 
-def test_single_prompt():
-    ids = np.array([[11, 23, 5, 77, 3, 19]], np.int32)
-    out, _ = compare("llama_gqa", ids, None, max_new_tokens=MAX_NEW, pad_token_id=0)  # no mask: no padding
-    assert int(out.num_generated[0]) == MAX_NEW
+def test_single_prompt_beyond_the_smallest_buckets():
+    # 17 prompt tokens and 20 new ones: both sizes fall in the second bucket (32)
+    ids = np.array([[11, 23, 5, 77, 3, 19, 64, 90, 12, 1, 44, 45, 101, 7, 7, 7, 30]], np.int32)
+    out, _ = compare("llama_gqa", ids, None, max_new_tokens=20, pad_token_id=0)  # no mask: no padding
+    assert out.sequences.shape == (1, 17 + 20) and int(out.num_generated[0]) == 20
 
 
 def _free_run(ids, mask) -> np.ndarray:

@@ -56,7 +56,7 @@ def prompts(lengths, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def test_new_prompt_lengths_and_sampling_values_do_not_recompile():
     # The first call has test_sampling.py's static settings (4 rows, prompt bucket 32, every filter on, processed
     # logprobs), so in a full run it reuses that program; alone, it compiles once.
-    filters = dict(temperature=0.8, top_k=20, top_p=0.9, min_p=0.05, repetition_penalty=1.2)
+    filters = dict(temperature=0.8, top_k=20, top_p=0.9, min_p=0.05, repetition_penalty=1.2, min_new_tokens=2)
     common = dict(do_sample=True, pad_token_id=0, logprobs_mode="processed")
     ids, mask = prompts([18, 3, 5, 3], seed=0)
     before = cache_size()
@@ -73,9 +73,9 @@ def test_new_prompt_lengths_and_sampling_values_do_not_recompile():
         dict(lengths=[2, 25, 11, 4], max_new_tokens=5, **filters),
         # other values of every traced setting, the same filters switched on
         dict(lengths=[18, 3, 5, 3], max_new_tokens=12, temperature=1.7, top_k=3, top_p=0.5, min_p=0.3,
-             repetition_penalty=0.7),
+             repetition_penalty=0.7, min_new_tokens=9),
         dict(lengths=[20, 20, 20, 20], max_new_tokens=16, temperature=0.3, top_k=128, top_p=0.99, min_p=0.0,
-             repetition_penalty=2.0),
+             repetition_penalty=2.0, min_new_tokens=1),
     ]
     with count_compiles() as compiles:
         for i, call in enumerate(calls):

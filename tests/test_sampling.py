@@ -1,7 +1,7 @@
 """Sampling: the distribution each token is drawn from, reproducibility, and independence from batch neighbours.
 
 - teacher-forced: jaxgen's sampled sequences are fed to transformers, whose own ``LogitsProcessorList`` for the
-  same config (repetition penalty, temperature, top-k, top-p, min-p) gives the processed scores; their
+  same config (repetition penalty, min-new-tokens, temperature, top-k, top-p, min-p) gives the processed scores; their
   log-softmax at the sampled tokens equals jaxgen's processed ``token_logprobs`` (<= 1e-4).
 - frequencies: many first tokens (one row per key) follow transformers' processed distribution (chi-square).
 - determinism, batch invariance, ``num_return_sequences > 1`` and replaying ``out.keys``.
@@ -26,9 +26,10 @@ from conftest import hf_checkpoint
 # from that of a short prompt alone (16): a row sees a different amount of padding in and out of the batch.
 PROMPTS = [list(range(20, 38)), [7, 8, 9], [40, 41, 42, 43, 44], [100, 5, 61]]
 MAX_NEW = 12
+# Every processor on (one compiled program); the values are traced, so both configs share it.
 CONFIGS = {
-    "A": dict(temperature=0.7, top_k=20, top_p=0.9, min_p=0.05, repetition_penalty=1.2),
-    "B": dict(temperature=1.5, top_k=8, top_p=0.8, min_p=0.1, repetition_penalty=0.9),
+    "A": dict(temperature=0.7, top_k=20, top_p=0.9, min_p=0.05, repetition_penalty=1.2, min_new_tokens=3),
+    "B": dict(temperature=1.5, top_k=8, top_p=0.8, min_p=0.1, repetition_penalty=0.9, min_new_tokens=5),
 }
 TOL = 1e-4
 
