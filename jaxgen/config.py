@@ -196,7 +196,8 @@ def _parse(raw: dict, source: str) -> ModelConfig:
     defaults = _FAMILY_DEFAULTS[model_type]
     hidden = _require(raw, "hidden_size", source)
     heads = _require(raw, "num_attention_heads", source)
-    kv_heads = raw.get("num_key_value_heads") or heads
+    kv_heads = raw.get("num_key_value_heads")
+    kv_heads = heads if kv_heads is None else kv_heads
     if not isinstance(kv_heads, int) or kv_heads <= 0 or heads % kv_heads:
         raise ConfigError(f"{source}: num_key_value_heads={kv_heads!r} must be a positive divisor of "
                           f"num_attention_heads={heads}.")
@@ -235,8 +236,10 @@ def _parse(raw: dict, source: str) -> ModelConfig:
         bad = sorted(set(layer_types) - {"full_attention", "sliding_attention"})
         if bad:
             raise ConfigError(f"{source}: unsupported layer_types {bad}; use full_attention/sliding_attention.")
-        if window is None and "sliding_attention" in layer_types:
-            layer_types = ()
+    # One canonical form for "no layer slides" (4.x and 5.x files of the same model must compare equal, or the
+    # jit cache would compile the same program twice).
+    if window is None or "sliding_attention" not in layer_types:
+        window, layer_types = None, ()
 
     attention_bias = bool(raw.get("attention_bias", defaults["attention_bias"]))
     if model_type == "qwen2":

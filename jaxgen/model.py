@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping
 
 import jax
@@ -25,9 +26,15 @@ def abstract_model(config: ModelConfig, dtype: Any = jnp.float32, param_dtype: A
     return nnx.eval_shape(lambda: CausalLM(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
 
 
+@functools.lru_cache(maxsize=16)
+def abstract_split(config: ModelConfig, dtype: Any = jnp.float32, param_dtype: Any = None):
+    """``(graphdef, abstract state)`` of the model, cached per config: tracing the module once is enough."""
+    return nnx.split(abstract_model(config, dtype, param_dtype))
+
+
 def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter's dotted name (``model.layers.0.self_attn.q_proj.kernel``) and shape."""
-    _, state = nnx.split(abstract_model(config))
+    _, state = abstract_split(config)
     return {".".join(map(str, path)): tuple(v.value.shape) for path, v in state.flat_state()}
 
 
@@ -87,7 +94,7 @@ def model_from_arrays(config: ModelConfig, arrays: Mapping[str, Any], dtype: Any
     """
     dtype = jnp.dtype(dtype)
     param_dtype = dtype if param_dtype is None else jnp.dtype(param_dtype)
-    graphdef, state = nnx.split(abstract_model(config, dtype, param_dtype))
+    graphdef, state = abstract_split(config, dtype, param_dtype)
     flat = dict(state.flat_state())
     expected = {".".join(map(str, p)): p for p in flat}
     missing = sorted(set(expected) - set(arrays))

@@ -75,19 +75,13 @@ LLAMA_DYNAMIC_TYPE = {**SMALL, "model_type": "llama", "rope_theta": 20000.0,
 LLAMA_YARN_NO_ORIGINAL = {**SMALL, "model_type": "llama",  # YaRN without original_max_position_embeddings
                           "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "beta_fast": 16, "beta_slow": 2}}
 
-# Qwen2/Qwen3 configs without a window: transformers 5 writes `layer_types` (all "full_attention") for them, 4.x
-# files have none, and jaxgen keeps the all-full tuple in one case and () in the other. The model behaves the same
-# (every layer_window() is None, see test_per_layer_windows_agree), but the two ModelConfigs compare (and hash)
-# unequal, so one model gets two jit cache entries. Reported to the lead: normalise to () when no layer slides.
-_UNNORMALISED_LAYER_TYPES = pytest.mark.xfail(
-    strict=True, reason="jaxgen.config keeps an all-'full_attention' layer_types from 5.x but () from 4.x")
 
 V4_CASES = {
     "llama3.1-8b": pytest.param(LLAMA31_8B, id="llama3.1-8b"),
     "llama2-7b": pytest.param(LLAMA2_7B, id="llama2-7b"),
     "mistral-7b": pytest.param(MISTRAL_7B_V01, id="mistral-7b"),
-    "qwen2.5-7b-yarn": pytest.param(QWEN25_7B_YARN, id="qwen2.5-7b-yarn", marks=_UNNORMALISED_LAYER_TYPES),
-    "qwen3-8b": pytest.param(QWEN3_8B, id="qwen3-8b", marks=_UNNORMALISED_LAYER_TYPES),
+    "qwen2.5-7b-yarn": pytest.param(QWEN25_7B_YARN, id="qwen2.5-7b-yarn"),
+    "qwen3-8b": pytest.param(QWEN3_8B, id="qwen3-8b"),
     "qwen2-window": pytest.param(QWEN2_WINDOW, id="qwen2-window"),
     "qwen3-window": pytest.param(QWEN3_WINDOW, id="qwen3-window"),
     "llama-linear-type": pytest.param(LLAMA_LINEAR_TYPE, id="llama-linear-type"),
@@ -253,8 +247,7 @@ def test_missing_required_field_is_named(field):
         ModelConfig.from_hf_dict(raw)
 
 
-@pytest.mark.parametrize("kv_heads", [3, 8, pytest.param(0, marks=pytest.mark.xfail(
-    strict=True, reason="jaxgen.config reads `num_key_value_heads or num_attention_heads`, so 0 silently means MHA"))])
+@pytest.mark.parametrize("kv_heads", [3, 8, 0])
 def test_kv_heads_must_divide_heads(kv_heads):
     with pytest.raises(ConfigError, match=f"num_key_value_heads={kv_heads}"):
         ModelConfig.from_hf_dict({**SMALL, "model_type": "llama", "num_key_value_heads": kv_heads})

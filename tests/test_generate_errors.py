@@ -44,6 +44,11 @@ def raises(*patterns: str, ids=IDS, mask=MASK, **kw) -> None:
 
 def test_num_return_sequences_above_num_beams():
     raises(r"num_return_sequences", r"num_beams=2", num_beams=2, num_return_sequences=3)
+    raises(r"num_return_sequences", r"must be 1 for greedy", num_return_sequences=2)
+
+
+def test_beam_sampling_is_refused():
+    raises(r"do_sample=True with num_beams>1", do_sample=True, num_beams=2, key=jax.random.key(0))
 
 
 @pytest.mark.parametrize("top_p", [0.0, -0.1, 1.5])

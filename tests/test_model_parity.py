@@ -272,10 +272,12 @@ def test_prefill_then_decode_matches_full_forward(variant):
 # Tolerances, measured on these variants (the fixtures' random weights, std 0.3, make activations large, so the
 # bfloat16 noise is larger than a trained model's): rounding the weights to bfloat16 alone moves the float32 logits
 # by 1.3-2.4% (RMS, relative to the logits' RMS); bfloat16 compute adds about as much, so jaxgen's and
-# transformers' bfloat16 runs land 2-4% from the float32 truth and 1.5-2.1% (RMS) / <= 6% of the largest logit
-# (max) from each other. The bounds below leave a 2x margin on those figures, and the relative-accuracy check
-# (jaxgen no further from float32 than transformers' own bfloat16 run, times 1.5) is what catches a real
-# precision bug, e.g. a softmax or norm done in bfloat16 where transformers uses float32.
+# transformers' bfloat16 runs land 1.5-4.5% from the float32 truth and 1.2-2.5% (RMS) / <= 6% of the largest logit
+# (max) from each other. The bounds leave a 2x margin on those figures; jaxgen must also be no further from
+# float32 than transformers' own bfloat16 run (x1.5, measured <= 1.15). What this catches: a wrong dtype or cast,
+# NaN/inf from a bfloat16 mask constant, a norm computed in bfloat16 (max diff 14% on qwen2_bias). What it cannot:
+# reduction-precision choices within bfloat16 noise (e.g. attention scores accumulated in bfloat16, as
+# transformers' eager path does) move these logits by less than the noise and pass.
 BF16_REL_RMS = 0.05
 BF16_REL_MAX = 0.12
 BF16_MIN_ARGMAX_AGREEMENT = 0.85
