@@ -137,11 +137,9 @@ def encode_documents(tokenizer, texts: list[str]) -> np.ndarray:
     return np.concatenate([np.asarray(x, np.int32) for x in ids])
 
 
-def windows(stream: np.ndarray, length: int, limit: int | None = None) -> np.ndarray:
+def windows(stream: np.ndarray, length: int) -> np.ndarray:
     """Consecutive ``[N, length + 1]`` windows with stride ``length`` (each target predicted exactly once)."""
     n = (len(stream) - 1) // length
-    if limit is not None:
-        n = min(n, limit)
     idx = np.arange(n)[:, None] * length + np.arange(length + 1)[None, :]
     return stream[idx]
 
@@ -263,7 +261,7 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray], dtype: np.dtype
             f.write(blob)
 
 
-def save_model(out: str, hf_cfg, tokenizer, params, h: Hyper, save_dtype: str) -> None:
+def save_model(out: str, hf_cfg, tokenizer, params, save_dtype: str) -> None:
     import transformers
 
     os.makedirs(out, exist_ok=True)
@@ -286,7 +284,7 @@ def save_model(out: str, hf_cfg, tokenizer, params, h: Hyper, save_dtype: str) -
         bos_token_id=eot, eos_token_id=eot, pad_token_id=eot).save_pretrained(out)
 
 
-def reload_params(out: str):
+def reload_model(out: str):
     """The saved weights as jaxgen loads them (so every reported number is the shipped model's)."""
     import jaxgen
 
@@ -311,8 +309,8 @@ def check_transformers_parity(out: str, tokens: np.ndarray) -> float | None:
         ref = hf(torch.as_tensor(tokens, dtype=torch.long)).logits.numpy()
     model = jaxgen.load_model(out)
     t = tokens.shape[1]
-    ours, _ = model.step(model.params, jnp.asarray(tokens), jnp.arange(t, dtype=jnp.int32)[None], None,
-                         jnp.ones(tokens.shape, jnp.int32))
+    ours, _ = jax.jit(model.step)(model.params, jnp.asarray(tokens), jnp.arange(t, dtype=jnp.int32)[None], None,
+                                  jnp.ones(tokens.shape, jnp.int32))
     return float(np.max(np.abs(np.asarray(ours) - ref)))
 
 
@@ -443,9 +441,9 @@ def train(out: str, h: Hyper, stdlib: str, plot_path: str | None, save_dtype: st
                   flush=True)
     train_time = time.time() - t_train
 
-    save_model(out, hf_cfg, tokenizer, params, h, save_dtype)
+    save_model(out, hf_cfg, tokenizer, params, save_dtype)
     # Report on the weights as saved and reloaded (matters when they are stored in bfloat16).
-    shipped = reload_params(out)
+    shipped = reload_model(out)
     held_loss = mean_nll(shipped.params, held_windows, h.batch_size)
     uni_loss = unigram_nll(train_stream, held_windows[:, 1:], config.vocab_size)
 
