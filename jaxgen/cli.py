@@ -231,6 +231,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         stream = not args.json and tokenizer is not None and cfg.num_return_sequences == 1 and cfg.num_beams == 1
         if not args.json and len(prompts) > 1:
             print(f"=== prompt {i}: {_q(prompt) if isinstance(prompt, str) else prompt}", file=out, flush=True)
+        # Show the prompt then its continuation, as a person reads it (not for --json, chat or several returns).
+        echo = not args.json and not args.chat and isinstance(prompt, str) and cfg.num_return_sequences == 1
+        if echo:
+            print(prompt, end="", file=out, flush=True)
 
         def streamer(row: int, piece: str) -> None:
             # Runs on the XLA callback thread: never raise there (a closed pipe, e.g. `| head`, ends the
