@@ -81,7 +81,8 @@ def _row_keys(key: Any, batch: int, num_return: int, do_sample: bool) -> Array |
         raise ValueError(f"key must be a jax.random.key (shape () or [{batch}]) or legacy uint32 key data "
                          f"(shape [2] or [{batch}, 2]); got dtype {key.dtype} shape {key.shape}.") from e
     if keys.shape == ():
-        keys = jax.random.split(keys, batch)
+        # One key: it is the row's own key for a single prompt, else split into one key per row.
+        keys = keys[None] if batch == 1 else jax.random.split(keys, batch)
     elif keys.shape != (batch,):
         raise ValueError(f"key has shape {keys.shape}: pass one key (shape ()) or one per prompt row "
                          f"(shape ({batch},)).")

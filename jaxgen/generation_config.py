@@ -92,8 +92,9 @@ class GenerationConfig:
             raise bad("min_new_tokens", "must be an integer >= 0")
         if not isinstance(self.do_sample, bool):
             raise bad("do_sample", "must be True or False")
+        # Greedy and beam search ignore temperature, and `temperature=0` is a common way to ask for greedy.
         if not isinstance(self.temperature, (int, float)) or isinstance(self.temperature, bool) \
-                or not self.temperature > 0:
+                or (self.do_sample and not self.temperature > 0):
             raise bad("temperature", "must be a number > 0 (for greedy decoding use do_sample=False)")
         if not is_int(self.top_k) or self.top_k < 0:
             raise bad("top_k", "must be an integer >= 0 (0 disables top-k)")
