@@ -16,7 +16,10 @@ from jaxgen.config import ModelConfig
 
 @struct.dataclass
 class KVCache:
-    """Keys/values per layer ``[B, S, kv_heads, head_dim]``; ``valid: bool[B, S]``; ``index``: next slot."""
+    """Keys/values per layer ``[B, kv_heads, S, head_dim]``; ``valid: bool[B, S]``; ``index``: next slot.
+
+    Head-major, so attention reads each head's slots contiguously (no per-step transpose of the cache).
+    """
 
     keys: tuple[Array, ...]
     values: tuple[Array, ...]
@@ -34,7 +37,7 @@ class KVCache:
 
 def init_cache(config: ModelConfig, batch_size: int, capacity: int, dtype: jnp.dtype = jnp.float32) -> KVCache:
     """An empty cache for ``batch_size`` rows and ``capacity`` token slots."""
-    shape = (batch_size, capacity, config.num_key_value_heads, config.head_dim)
+    shape = (batch_size, config.num_key_value_heads, capacity, config.head_dim)
     zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers))
     return KVCache(keys=zeros, values=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers)),
                    valid=jnp.zeros((batch_size, capacity), bool), index=jnp.zeros((), jnp.int32))

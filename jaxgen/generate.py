@@ -159,6 +159,7 @@ def _prepare(model: Model, input_ids: Any, attention_mask: Any, config: Generati
         top_k=do_sample and cfg.top_k != 0,
         top_p=do_sample and cfg.top_p < 1.0,
         min_p=do_sample and cfg.min_p is not None,
+        top_k_candidates=P.candidate_count(cfg.top_k, model.config.vocab_size) if do_sample else 0,
     )
     stream = streaming and not beam
     # Sampling repeats the prompt rows on the host, so R only shapes beam search's output inside the program;

@@ -97,7 +97,7 @@ def cache_sharding(config: ModelConfig, mesh: Mesh):
     from jaxgen.cache import KVCache
 
     rules = resolve_axes(config, mesh)
-    kv = NamedSharding(mesh, PartitionSpec(DATA, None, rules["kv_heads"], None))
+    kv = NamedSharding(mesh, PartitionSpec(DATA, rules["kv_heads"], None, None))
     layers = config.num_hidden_layers
     return KVCache(keys=(kv,) * layers, values=(kv,) * layers, valid=NamedSharding(mesh, PartitionSpec(DATA, None)),
                    index=NamedSharding(mesh, PartitionSpec()))

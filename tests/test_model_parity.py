@@ -365,7 +365,7 @@ def test_full_size_config_traces_without_allocating(name):
     chex.assert_trees_all_equal_shapes_and_dtypes(new_cache, cache)
     kv = new_cache.keys[0]
     assert len(new_cache.keys) == config.num_hidden_layers
-    assert kv.shape == (batch, capacity, config.num_key_value_heads, config.head_dim)
+    assert kv.shape == (batch, config.num_key_value_heads, capacity, config.head_dim)
     # One position per row (what prefill asks for): logits [B, V].
     last = jax.ShapeDtypeStruct((batch,), jnp.int32)
     logits, _ = jax.eval_shape(step, params, tokens, tokens, cache, tokens, last)

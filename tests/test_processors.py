@@ -8,6 +8,7 @@ probabilities instead.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -254,3 +255,44 @@ def test_top_logprobs_most_likely_first_lower_id_on_ties():
     np.testing.assert_array_equal(np.asarray(ids), [[1, 3, 2, 4]])
     np.testing.assert_allclose(np.asarray(top), np.asarray(lp)[:, [1, 3, 2, 4]], rtol=0, atol=0)
     assert float(chosen[0]) == float(lp[0, 2])
+
+
+# ------------------------------------------------------------- sampling filters on the top-k candidate set
+
+@settings(max_examples=60, deadline=None)
+@given(x=tied_logits(vocab=64), k=st.integers(0, 12), p=st.sampled_from([0.3, 0.6, 0.9, 1.0]),
+       min_p=st.sampled_from([None, 0.05, 0.3]), candidates=st.sampled_from([4, 8, 16]))
+def test_candidate_filters_equal_the_whole_vocabulary_path(x, k, p, min_p, candidates):
+    # Many ties (8 distinct values over 64 tokens): the k-th score's ties often spill past the candidates, and
+    # k may exceed them; the result must then come from the exact fallback, so both paths always agree.
+    plan = P.ProcessorPlan(top_k=True, top_p=True, min_p=min_p is not None)
+    params = P.ProcessorParams(temperature=jnp.float32(1.0), top_k=jnp.int32(k), top_p=jnp.float32(p),
+                               min_p=jnp.float32(min_p or 0.0), repetition_penalty=jnp.float32(1.0),
+                               min_new_tokens=jnp.int32(0))
+    seen = jnp.zeros((B, 0), bool)
+    full = np.asarray(_process(x, seen, plan, params))
+    fast = np.asarray(_process(x, seen, dataclasses.replace(plan, top_k_candidates=candidates), params))
+    np.testing.assert_array_equal(kept(fast), kept(full))
+    np.testing.assert_array_equal(fast[kept(full)], full[kept(full)])
+
+
+def test_candidate_filters_on_distinct_logits_use_the_candidates():
+    # Distinct random logits: no ties, so the fast path runs; it must keep exactly transformers' set.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(B, 1000)).astype(np.float32) * 3
+    plan = P.ProcessorPlan(top_k=True, top_p=True, min_p=True, top_k_candidates=64)
+    params = P.ProcessorParams(temperature=jnp.float32(1.0), top_k=jnp.int32(50), top_p=jnp.float32(0.9),
+                               min_p=jnp.float32(0.02), repetition_penalty=jnp.float32(1.0),
+                               min_new_tokens=jnp.int32(0))
+    ours = np.asarray(_process(x, jnp.zeros((B, 0), bool), plan, params))
+    ref = hf(LogitsProcessorList([TopKLogitsWarper(50), TopPLogitsWarper(0.9), MinPLogitsWarper(0.02)]), x)
+    np.testing.assert_array_equal(kept(ours), kept(ref))
+    np.testing.assert_allclose(ours[kept(ref)], ref[kept(ref)], rtol=1e-6)
+    assert 1 < kept(ours).sum(-1).min() and kept(ours).sum(-1).max() < 50
+
+
+def test_candidate_count_buckets():
+    assert P.candidate_count(0, 32000) == 0
+    assert P.candidate_count(50, 32000) == P.candidate_count(20, 32000) == 64
+    assert P.candidate_count(100, 32000) == 128
+    assert P.candidate_count(50, 100) == 0  # most of a small vocabulary: sort it whole

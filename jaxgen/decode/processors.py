@@ -2,6 +2,11 @@
 
 Order (transformers' ``_get_logits_processor``): repetition penalty -> min-new-tokens, then only when sampling:
 temperature -> top-k -> top-p -> min-p. Every parameter is a traced value; which filters exist is static.
+
+With top-k on, the sampling filters work on the ``top_k_candidates`` best tokens (one ``lax.top_k``) instead of
+sorting the whole vocabulary every step; whenever that set could differ from the full computation (top-k off at
+run time, ``top_k`` above the candidate count, or ties at the k-th score spilling past it) the full-vocabulary
+path runs instead, so the kept set is always exactly transformers'.
 """
 
 from __future__ import annotations
@@ -40,6 +45,17 @@ class ProcessorPlan:
     top_p: bool = False
     min_p: bool = False
     min_tokens_to_keep: int = 1
+    top_k_candidates: int = 0  # > 0: filter among this many best tokens (see module doc); 0: whole vocabulary
+
+
+def candidate_count(top_k: int, vocab: int, min_tokens_to_keep: int = 1, minimum: int = 64) -> int:
+    """The static candidate count for a ``top_k`` (a power of two >= it, so nearby values share a program);
+    0 (whole vocabulary) when top-k is off or the count would be a sizeable share of the vocabulary anyway."""
+    k = max(top_k, min_tokens_to_keep)
+    if top_k <= 0:
+        return 0
+    c = max(minimum, 1 << (k - 1).bit_length())
+    return c if 4 * c <= vocab else 0
 
 
 def apply_repetition_penalty(scores: Array, seen: Array, penalty: Array) -> Array:
@@ -85,10 +101,52 @@ def apply_min_p(scores: Array, min_p: Array, min_tokens_to_keep: int = 1) -> Arr
     """Drop tokens whose probability is below ``min_p`` times the largest probability (0 = off)."""
     probs = jax.nn.softmax(scores, axis=-1)
     remove = probs < min_p * jnp.max(probs, axis=-1, keepdims=True)
-    # Never remove the `min_tokens_to_keep` most likely tokens (stable descending order, as transformers).
-    order = jnp.argsort(-scores, axis=-1, stable=True)
-    keep_top = jnp.zeros_like(remove).at[jnp.arange(scores.shape[0])[:, None], order[:, :min_tokens_to_keep]].set(True)
+    # Never remove the `min_tokens_to_keep` most likely tokens (lower id first on ties, as transformers' stable sort).
+    _, top = jax.lax.top_k(scores, min_tokens_to_keep)
+    keep_top = jnp.zeros_like(remove).at[jnp.arange(scores.shape[0])[:, None], top].set(True)
     return jnp.where(remove & ~keep_top & (min_p > 0), NEG_INF, scores)
+
+
+def _filter_candidates(scores: Array, plan: ProcessorPlan, params: ProcessorParams) -> Array:
+    """top-k, then top-p / min-p, computed on the ``plan.top_k_candidates`` best tokens; exact fallback otherwise."""
+    c, keep_min = plan.top_k_candidates, plan.min_tokens_to_keep
+    b, vocab = scores.shape
+    vals, ids = jax.lax.top_k(scores, c)  # descending; lower id first on ties
+    k = jnp.clip(jnp.maximum(params.top_k, keep_min), 1, vocab)
+    kth = jax.lax.dynamic_index_in_dim(vals, jnp.minimum(k, c) - 1, axis=1, keepdims=True)
+    # Exact only when every token tied with the k-th score is among the candidates.
+    fits = (params.top_k > 0) & (k <= c) & jnp.all(jnp.sum(scores >= kth, axis=-1) <= c)
+
+    def on_candidates(scores: Array) -> Array:
+        cand = jnp.where(vals < kth, NEG_INF, vals)
+        if plan.top_p:
+            # transformers' order: ascending score, ties by ascending id (its stable sort over the vocabulary)
+            _, _, perm = jax.lax.sort((cand, ids, jnp.broadcast_to(jnp.arange(c), (b, c))), num_keys=2)
+            ascending = jnp.take_along_axis(cand, perm, axis=-1)
+            cumulative = jnp.cumsum(jax.nn.softmax(ascending, axis=-1), axis=-1)
+            remove_sorted = (cumulative <= 1 - params.top_p).at[:, c - keep_min:].set(False)
+            remove = jnp.zeros_like(remove_sorted).at[jnp.arange(b)[:, None], perm].set(remove_sorted)
+            cand = jnp.where(remove & (params.top_p < 1.0), NEG_INF, cand)
+        if plan.min_p:
+            probs = jax.nn.softmax(cand, axis=-1)
+            remove = (probs < params.min_p * probs[:, :1]) & (jnp.arange(c) >= keep_min)[None, :]
+            cand = jnp.where(remove & (params.min_p > 0), NEG_INF, cand)
+        return jnp.full_like(scores, NEG_INF).at[jnp.arange(b)[:, None], ids].set(cand)
+
+    def whole_vocabulary(scores: Array) -> Array:
+        return _filter_vocabulary(scores, plan, params)
+
+    return jax.lax.cond(fits, on_candidates, whole_vocabulary, scores)
+
+
+def _filter_vocabulary(scores: Array, plan: ProcessorPlan, params: ProcessorParams) -> Array:
+    if plan.top_k:
+        scores = apply_top_k(scores, params.top_k, plan.min_tokens_to_keep)
+    if plan.top_p:
+        scores = apply_top_p(scores, params.top_p, plan.min_tokens_to_keep)
+    if plan.min_p:
+        scores = apply_min_p(scores, params.min_p, plan.min_tokens_to_keep)
+    return scores
 
 
 def process(scores: Array, plan: ProcessorPlan, params: ProcessorParams, *, seen: Array | None,
@@ -101,10 +159,8 @@ def process(scores: Array, plan: ProcessorPlan, params: ProcessorParams, *, seen
     if do_sample:
         if plan.temperature:
             scores = scores / params.temperature
-        if plan.top_k:
-            scores = apply_top_k(scores, params.top_k, plan.min_tokens_to_keep)
-        if plan.top_p:
-            scores = apply_top_p(scores, params.top_p, plan.min_tokens_to_keep)
-        if plan.min_p:
-            scores = apply_min_p(scores, params.min_p, plan.min_tokens_to_keep)
+        if plan.top_k and plan.top_k_candidates:
+            scores = _filter_candidates(scores, plan, params)
+        else:
+            scores = _filter_vocabulary(scores, plan, params)
     return scores

@@ -30,7 +30,7 @@ class Attention(nnx.Module):
 
     def __call__(self, x: Array, cos: Array, sin: Array, k_cache: Array, v_cache: Array, index: Array,
                  mask: Array) -> tuple[Array, Array, Array]:
-        """x ``[B, T, hidden]``; caches ``[B, S, kv_heads, head_dim]``; mask ``bool[B, T, S]``.
+        """x ``[B, T, hidden]``; caches ``[B, kv_heads, S, head_dim]``; mask ``bool[B, T, S]``.
 
         Writes this call's keys/values at slot ``index`` and returns ``(out[B, T, hidden], k_cache, v_cache)``.
         """
@@ -41,15 +41,16 @@ class Attention(nnx.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
-        v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+        head_major = lambda a: a.transpose(0, 2, 1, 3)  # [B, T, heads, D] -> [B, heads, T, D] (only the new rows)
+        k_cache = jax.lax.dynamic_update_slice(k_cache, head_major(k).astype(k_cache.dtype), (0, 0, index, 0))
+        v_cache = jax.lax.dynamic_update_slice(v_cache, head_major(v).astype(v_cache.dtype), (0, 0, index, 0))
 
         groups = self.num_heads // self.num_kv_heads
         q = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k_cache.astype(q.dtype), precision=self.precision,
+        scores = jnp.einsum("btkgd,bksd->bkgts", q, k_cache.astype(q.dtype), precision=self.precision,
                             preferred_element_type=jnp.float32) * (self.head_dim ** -0.5)
         # A finite minimum, not -inf: a fully masked (padding) query row then stays finite instead of NaN.
         scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v_cache.astype(x.dtype), precision=self.precision)
+        out = jnp.einsum("bkgts,bksd->btkgd", probs, v_cache.astype(x.dtype), precision=self.precision)
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), k_cache, v_cache
