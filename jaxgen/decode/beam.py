@@ -53,6 +53,7 @@ class BeamState:
     all_candidates_stopped: Array  # bool[]
     seen: Array  # bool[b*nb, V] or [b*nb, 0]
     positions: Array  # i32[b*nb]
+    logits: Array  # f32[b*nb, V]: the model's logits for each beam's next token
     cache: KVCache
 
 
@@ -86,7 +87,7 @@ def beam_search(step, params, input_ids: Array, mask: Array, cache: KVCache, spe
         finished=empty(nb), finished_scores=jnp.full((b, nb), -BIG, jnp.float32),
         finished_lengths=jnp.zeros((b, nb), jnp.int32), is_finished=jnp.zeros((b, nb), bool),
         improvable=jnp.ones((b, 1), bool), all_candidates_stopped=jnp.zeros((), bool), seen=seen,
-        positions=positions, cache=cache)
+        positions=positions, logits=logits, cache=cache)
     top_nb_mask = jnp.arange(kk) < nb
     length_penalty = dp.length_penalty
 
@@ -163,12 +164,15 @@ def beam_search(step, params, input_ids: Array, mask: Array, cache: KVCache, spe
             go &= ~jnp.all(state.is_finished)
         return go
 
-    def body(state: BeamState) -> BeamState:
+    def run_model(state: BeamState) -> BeamState:
         last = jax.lax.dynamic_index_in_dim(state.running.tokens, state.step - 1, axis=2, keepdims=False)
         logits, cache = step(params, last.reshape(rows, 1), state.positions[:, None], state.cache,
                              jnp.ones((rows, 1), jnp.int32))
-        state = state.replace(cache=cache, positions=state.positions + 1)
-        return advance(state, logits[:, 0])
+        return state.replace(cache=cache, positions=state.positions + 1, logits=logits[:, 0])
 
-    state = advance(state, logits)
+    def body(state: BeamState) -> BeamState:
+        # Advance first, then run the model only if the search goes on: `advance` is traced once (compile time).
+        state = advance(state, state.logits)
+        return jax.lax.cond(cond(state), run_model, lambda s: s, state)
+
     return jax.lax.while_loop(cond, body, state)

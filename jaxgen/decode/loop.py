@@ -56,6 +56,7 @@ class LoopState:
     num_generated: Array  # i32[B]
     positions: Array  # i32[B]: position id of the next token
     seen: Array  # bool[B, V] (or [B, 0] without repetition penalty): tokens of prompt + output
+    logits: Array  # f32[B, V]: the model's logits for the next token
     cache: KVCache
 
 
@@ -101,7 +102,7 @@ def decode(step, params, input_ids: Array, mask: Array, row_keys: Array | None, 
         step=jnp.zeros((), jnp.int32), tokens=jnp.full((b, n), dp.pad_token_id, jnp.int32),
         token_logprobs=jnp.zeros((b, n), jnp.float32), top_ids=jnp.full((b, n, k), -1, jnp.int32),
         top_logprobs=jnp.zeros((b, n, k), jnp.float32), done=jnp.zeros((b,), bool),
-        num_generated=jnp.zeros((b,), jnp.int32), positions=positions, seen=seen, cache=cache)
+        num_generated=jnp.zeros((b,), jnp.int32), positions=positions, seen=seen, logits=logits, cache=cache)
 
     def choose(state: LoopState, logits: Array) -> LoopState:
         scores = P.process(logits, plan, dp.processors, seen=state.seen, num_generated=state.step,
@@ -130,16 +131,18 @@ def decode(step, params, input_ids: Array, mask: Array, row_keys: Array | None, 
     def cond(state: LoopState) -> Array:
         return (state.step < dp.max_new_tokens) & ~jnp.all(state.done)
 
-    def body(state: LoopState) -> LoopState:
+    def run_model(state: LoopState) -> LoopState:
         last = jax.lax.dynamic_index_in_dim(state.tokens, state.step - 1, axis=1, keepdims=True)
         logits, cache = step(params, last, state.positions[:, None], state.cache, jnp.ones((b, 1), jnp.int32))
-        logits = logits[:, 0]
-        state = state.replace(cache=cache, positions=state.positions + 1)
-        return choose(state, logits)
+        return state.replace(cache=cache, positions=state.positions + 1, logits=logits[:, 0])
+
+    def body(state: LoopState) -> LoopState:
+        # Choose first, then run the model only if the loop goes on: `choose` is traced once (compile time).
+        state = choose(state, state.logits)
+        return jax.lax.cond(cond(state), run_model, lambda s: s, state)
 
     if spec.stream_every:
         choose = _streaming(choose, spec.stream_every, dp.max_new_tokens)
-    state = choose(state, logits)
     return jax.lax.while_loop(cond, body, state)
 
 
