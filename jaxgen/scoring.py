@@ -18,6 +18,7 @@ from flax import struct
 from jax import Array
 
 from jaxgen.decode.loop import prompt_positions
+from jaxgen.decode.topk import top_k
 from jaxgen.generate import bucket
 from jaxgen.model import Model, make_step
 
@@ -106,7 +107,7 @@ def _score(graphdef, k: int, params, ids: Array, mask: Array) -> tuple[Array, Ar
     defined = (mask[:, 1:] > 0) & (mask[:, :-1] > 0)
     chosen = jnp.where(defined, chosen, jnp.nan)
     if k:
-        top_lp, top_ids = jax.lax.top_k(logp, k)
+        top_lp, top_ids = top_k(logp, k)
         top_lp = jnp.where(defined[..., None], top_lp, jnp.nan)
         top_ids = jnp.where(defined[..., None], top_ids.astype(jnp.int32), -1)
     else:

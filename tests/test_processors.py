@@ -296,3 +296,17 @@ def test_candidate_count_buckets():
     assert P.candidate_count(50, 32000) == P.candidate_count(20, 32000) == 64
     assert P.candidate_count(100, 32000) == 128
     assert P.candidate_count(50, 100) == 0  # most of a small vocabulary: sort it whole
+
+
+@settings(max_examples=15, deadline=None)
+@given(rows=st.sampled_from([1, 3, 70]), k=st.sampled_from([1, 5, 64]), seed=st.integers(0, 2 ** 16))
+def test_top_k_helper_equals_a_stable_descending_sort(rows, k, seed):
+    # One row, unrolled rows and lax.map over rows (> 64) must all give lax.top_k's answer: values descending,
+    # the lower index first among ties (values drawn from a few levels, so ties are everywhere).
+    from jaxgen.decode.topk import top_k
+    x = np.random.default_rng(seed).choice(np.asarray(VALUES[1:], np.float32), size=(rows, 300))
+    vals, idx = jax.jit(top_k, static_argnums=1)(jnp.asarray(x), k)
+    order = np.argsort(-x, axis=-1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(np.asarray(idx), order)
+    np.testing.assert_array_equal(np.asarray(vals), np.take_along_axis(x, order, -1))
+    assert idx.dtype == jnp.int32

@@ -18,6 +18,7 @@ from jaxgen.cache import KVCache, reorder_rows
 from jaxgen.decode import processors as P
 from jaxgen.decode.logprobs import token_and_top_logprobs
 from jaxgen.decode.loop import DecodeParams, DecodeSpec, prefill, seen_tokens
+from jaxgen.decode.topk import top_k
 
 BIG = 1.0e9  # transformers' "very large" score offset, kept identical so float rounding matches too
 
@@ -99,7 +100,7 @@ def beam_search(step, params, input_ids: Array, mask: Array, cache: KVCache, spe
         if spec.logprobs_mode == "processed":
             record = jax.nn.log_softmax(record, axis=-1)
         acc = (scores.reshape(b, nb, vocab) + state.running_scores[:, :, None]).reshape(b, nb * vocab)
-        cand_scores, flat_idx = jax.lax.top_k(acc, kk)
+        cand_scores, flat_idx = top_k(acc, kk)
         parent, token = flat_idx // vocab, (flat_idx % vocab).astype(jnp.int32)
 
         # Logprob records of each candidate's new token, taken from its parent beam's row.
@@ -118,7 +119,7 @@ def beam_search(step, params, input_ids: Array, mask: Array, cache: KVCache, spe
 
         # Continue with the best num_beams candidates that did not stop.
         live_scores = cand_scores + stopped.astype(jnp.float32) * -BIG
-        _, next_idx = jax.lax.top_k(live_scores, nb)
+        _, next_idx = top_k(live_scores, nb)
         running = cand.take(next_idx)
         running_scores = jnp.take_along_axis(live_scores, next_idx, axis=1)
         origin = jnp.take_along_axis(parent, next_idx, axis=1)
@@ -131,7 +132,7 @@ def beam_search(step, params, input_ids: Array, mask: Array, cache: KVCache, spe
         fin_scores += (~state.improvable).astype(jnp.float32) * -BIG
         fin_scores += (~just_finished).astype(jnp.float32) * -BIG
         merged_scores = jnp.concatenate([state.finished_scores, fin_scores], axis=1)
-        _, keep = jax.lax.top_k(merged_scores, nb)
+        _, keep = top_k(merged_scores, nb)
         take = lambda x: jnp.take_along_axis(x, keep, axis=1)
         finished = state.finished.concat(cand).take(keep)
         finished_scores = take(merged_scores)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import Array
+
+from jaxgen.decode.topk import top_k
 
 
 def token_and_top_logprobs(logprobs: Array, tokens: Array, k: int) -> tuple[Array, Array, Array]:
@@ -16,5 +17,5 @@ def token_and_top_logprobs(logprobs: Array, tokens: Array, k: int) -> tuple[Arra
     if k == 0:
         b = logprobs.shape[0]
         return chosen, jnp.zeros((b, 0), jnp.int32), jnp.zeros((b, 0), jnp.float32)
-    top_lp, top_ids = jax.lax.top_k(logprobs, k)
+    top_lp, top_ids = top_k(logprobs, k)
     return chosen, top_ids.astype(jnp.int32), top_lp

@@ -3,7 +3,7 @@
 Order (transformers' ``_get_logits_processor``): repetition penalty -> min-new-tokens, then only when sampling:
 temperature -> top-k -> top-p -> min-p. Every parameter is a traced value; which filters exist is static.
 
-With top-k on, the sampling filters work on the ``top_k_candidates`` best tokens (one ``lax.top_k``) instead of
+With top-k on, the sampling filters work on the ``top_k_candidates`` best tokens (one ``top_k``) instead of
 sorting the whole vocabulary every step; whenever that set could differ from the full computation (top-k off at
 run time, ``top_k`` above the candidate count, or ties at the k-th score spilling past it) the full-vocabulary
 path runs instead, so the kept set is always exactly transformers'.
@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 from jax import Array
+
+from jaxgen.decode.topk import top_k
 
 NEG_INF = -jnp.inf
 
@@ -102,7 +104,7 @@ def apply_min_p(scores: Array, min_p: Array, min_tokens_to_keep: int = 1) -> Arr
     probs = jax.nn.softmax(scores, axis=-1)
     remove = probs < min_p * jnp.max(probs, axis=-1, keepdims=True)
     # Never remove the `min_tokens_to_keep` most likely tokens (lower id first on ties, as transformers' stable sort).
-    _, top = jax.lax.top_k(scores, min_tokens_to_keep)
+    _, top = top_k(scores, min_tokens_to_keep)
     keep_top = jnp.zeros_like(remove).at[jnp.arange(scores.shape[0])[:, None], top].set(True)
     return jnp.where(remove & ~keep_top & (min_p > 0), NEG_INF, scores)
 
@@ -111,7 +113,7 @@ def _filter_candidates(scores: Array, plan: ProcessorPlan, params: ProcessorPara
     """top-k, then top-p / min-p, computed on the ``plan.top_k_candidates`` best tokens; exact fallback otherwise."""
     c, keep_min = plan.top_k_candidates, plan.min_tokens_to_keep
     b, vocab = scores.shape
-    vals, ids = jax.lax.top_k(scores, c)  # descending; lower id first on ties
+    vals, ids = top_k(scores, c)  # descending; lower id first on ties
     k = jnp.clip(jnp.maximum(params.top_k, keep_min), 1, vocab)
     kth = jax.lax.dynamic_index_in_dim(vals, jnp.minimum(k, c) - 1, axis=1, keepdims=True)
     # Exact only when every token tied with the k-th score is among the candidates.
