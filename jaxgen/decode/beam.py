@@ -165,15 +165,17 @@ def beam_search(step, params, input_ids: Array, mask: Array, cache: KVCache, spe
             go &= ~jnp.all(state.is_finished)
         return go
 
-    def run_model(state: BeamState) -> BeamState:
-        last = jax.lax.dynamic_index_in_dim(state.running.tokens, state.step - 1, axis=2, keepdims=False)
-        logits, cache = step(params, last.reshape(rows, 1), state.positions[:, None], state.cache,
-                             jnp.ones((rows, 1), jnp.int32))
-        return state.replace(cache=cache, positions=state.positions + 1, logits=logits[:, 0])
+    def run_model(last: Array, positions: Array, cache: KVCache, logits: Array):
+        logits, cache = step(params, last.reshape(rows, 1), positions[:, None], cache, jnp.ones((rows, 1), jnp.int32))
+        return positions + 1, cache, logits[:, 0]
 
     def body(state: BeamState) -> BeamState:
         # Advance first, then run the model only if the search goes on: `advance` is traced once (compile time).
+        # Only what the model reads and writes goes through the cond, not the hypotheses.
         state = advance(state, state.logits)
-        return jax.lax.cond(cond(state), run_model, lambda s: s, state)
+        last = jax.lax.dynamic_index_in_dim(state.running.tokens, state.step - 1, axis=2, keepdims=False)
+        positions, cache, logits = jax.lax.cond(cond(state), run_model, lambda _, *rest: rest, last,
+                                                state.positions, state.cache, state.logits)
+        return state.replace(positions=positions, cache=cache, logits=logits)
 
     return jax.lax.while_loop(cond, body, state)

@@ -131,15 +131,18 @@ def decode(step, params, input_ids: Array, mask: Array, row_keys: Array | None, 
     def cond(state: LoopState) -> Array:
         return (state.step < dp.max_new_tokens) & ~jnp.all(state.done)
 
-    def run_model(state: LoopState) -> LoopState:
-        last = jax.lax.dynamic_index_in_dim(state.tokens, state.step - 1, axis=1, keepdims=True)
-        logits, cache = step(params, last, state.positions[:, None], state.cache, jnp.ones((b, 1), jnp.int32))
-        return state.replace(cache=cache, positions=state.positions + 1, logits=logits[:, 0])
+    def run_model(last: Array, positions: Array, cache: KVCache, logits: Array):
+        logits, cache = step(params, last, positions[:, None], cache, jnp.ones((b, 1), jnp.int32))
+        return positions + 1, cache, logits[:, 0]
 
     def body(state: LoopState) -> LoopState:
         # Choose first, then run the model only if the loop goes on: `choose` is traced once (compile time).
+        # Only what the model reads and writes goes through the cond, not the output buffers.
         state = choose(state, state.logits)
-        return jax.lax.cond(cond(state), run_model, lambda s: s, state)
+        last = jax.lax.dynamic_index_in_dim(state.tokens, state.step - 1, axis=1, keepdims=True)
+        positions, cache, logits = jax.lax.cond(cond(state), run_model, lambda _, *rest: rest, last,
+                                                state.positions, state.cache, state.logits)
+        return state.replace(positions=positions, cache=cache, logits=logits)
 
     if spec.stream_every:
         choose = _streaming(choose, spec.stream_every, dp.max_new_tokens)
