@@ -109,7 +109,7 @@ def _score(graphdef, k: int, params, ids: Array, mask: Array) -> tuple[Array, Ar
     if k:
         top_lp, top_ids = top_k(logp, k)
         top_lp = jnp.where(defined[..., None], top_lp, jnp.nan)
-        top_ids = jnp.where(defined[..., None], top_ids.astype(jnp.int32), -1)
+        top_ids = jnp.where(defined[..., None], top_ids, -1)
     else:
         top_lp = jnp.zeros(logp.shape[:2] + (0,), jnp.float32)
         top_ids = jnp.zeros(logp.shape[:2] + (0,), jnp.int32)

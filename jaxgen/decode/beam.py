@@ -17,7 +17,7 @@ from jax import Array
 from jaxgen.cache import KVCache, reorder_rows
 from jaxgen.decode import processors as P
 from jaxgen.decode.logprobs import token_and_top_logprobs
-from jaxgen.decode.loop import DecodeParams, DecodeSpec, prefill, seen_tokens
+from jaxgen.decode.loop import DecodeParams, DecodeSpec, model_if, prefill, seen_tokens
 from jaxgen.decode.topk import top_k
 
 BIG = 1.0e9  # transformers' "very large" score offset, kept identical so float rounding matches too
@@ -165,17 +165,12 @@ def beam_search(step, params, input_ids: Array, mask: Array, cache: KVCache, spe
             go &= ~jnp.all(state.is_finished)
         return go
 
-    def run_model(last: Array, positions: Array, cache: KVCache, logits: Array):
-        logits, cache = step(params, last.reshape(rows, 1), positions[:, None], cache, jnp.ones((rows, 1), jnp.int32))
-        return positions + 1, cache, logits[:, 0]
-
     def body(state: BeamState) -> BeamState:
         # Advance first, then run the model only if the search goes on: `advance` is traced once (compile time).
-        # Only what the model reads and writes goes through the cond, not the hypotheses.
         state = advance(state, state.logits)
         last = jax.lax.dynamic_index_in_dim(state.running.tokens, state.step - 1, axis=2, keepdims=False)
-        positions, cache, logits = jax.lax.cond(cond(state), run_model, lambda _, *rest: rest, last,
-                                                state.positions, state.cache, state.logits)
-        return state.replace(positions=positions, cache=cache, logits=logits)
+        positions, logits, cache = model_if(cond(state), step, params, last.reshape(rows, 1), state.positions,
+                                            state.cache, state.logits)
+        return state.replace(positions=positions, logits=logits, cache=cache)
 
     return jax.lax.while_loop(cond, body, state)

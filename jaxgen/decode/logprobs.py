@@ -18,4 +18,4 @@ def token_and_top_logprobs(logprobs: Array, tokens: Array, k: int) -> tuple[Arra
         b = logprobs.shape[0]
         return chosen, jnp.zeros((b, 0), jnp.int32), jnp.zeros((b, 0), jnp.float32)
     top_lp, top_ids = top_k(logprobs, k)
-    return chosen, top_ids.astype(jnp.int32), top_lp
+    return chosen, top_ids, top_lp

@@ -79,6 +79,22 @@ def prefill(step, params, input_ids: Array, mask: Array, cache: KVCache) -> tupl
     return logits, cache, positions[:, -1] + 1
 
 
+def model_if(go: Array, step, params, last: Array, positions: Array, cache: KVCache,
+             logits: Array) -> tuple[Array, Array, KVCache]:
+    """When ``go``: feed ``last[B, 1]`` at ``positions[B]`` and return ``(positions + 1, new logits[B, V], cache)``;
+    otherwise the inputs unchanged. Only what the model reads and writes goes through the ``lax.cond``, so the
+    loops' output buffers are never copied by it."""
+
+    def run(last, positions, cache, logits):
+        new, cache = step(params, last, positions[:, None], cache, jnp.ones(last.shape, jnp.int32))
+        return positions + 1, new[:, 0], cache
+
+    def keep(last, positions, cache, logits):
+        return positions, logits, cache
+
+    return jax.lax.cond(go, run, keep, last, positions, cache, logits)
+
+
 def _is_eos(tokens: Array, eos_ids: tuple[int, ...]) -> Array:
     if not eos_ids:
         return jnp.zeros(tokens.shape, bool)
@@ -131,18 +147,13 @@ def decode(step, params, input_ids: Array, mask: Array, row_keys: Array | None, 
     def cond(state: LoopState) -> Array:
         return (state.step < dp.max_new_tokens) & ~jnp.all(state.done)
 
-    def run_model(last: Array, positions: Array, cache: KVCache, logits: Array):
-        logits, cache = step(params, last, positions[:, None], cache, jnp.ones((b, 1), jnp.int32))
-        return positions + 1, cache, logits[:, 0]
-
     def body(state: LoopState) -> LoopState:
         # Choose first, then run the model only if the loop goes on: `choose` is traced once (compile time).
-        # Only what the model reads and writes goes through the cond, not the output buffers.
         state = choose(state, state.logits)
         last = jax.lax.dynamic_index_in_dim(state.tokens, state.step - 1, axis=1, keepdims=True)
-        positions, cache, logits = jax.lax.cond(cond(state), run_model, lambda _, *rest: rest, last,
-                                                state.positions, state.cache, state.logits)
-        return state.replace(positions=positions, cache=cache, logits=logits)
+        positions, logits, cache = model_if(cond(state), step, params, last, state.positions, state.cache,
+                                            state.logits)
+        return state.replace(positions=positions, logits=logits, cache=cache)
 
     if spec.stream_every:
         choose = _streaming(choose, spec.stream_every, dp.max_new_tokens)

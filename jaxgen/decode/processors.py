@@ -53,10 +53,9 @@ class ProcessorPlan:
 def candidate_count(top_k: int, vocab: int, min_tokens_to_keep: int = 1, minimum: int = 64) -> int:
     """The static candidate count for a ``top_k`` (a power of two >= it, so nearby values share a program);
     0 (whole vocabulary) when top-k is off or the count would be a sizeable share of the vocabulary anyway."""
-    k = max(top_k, min_tokens_to_keep)
     if top_k <= 0:
         return 0
-    c = max(minimum, 1 << (k - 1).bit_length())
+    c = max(minimum, 1 << (max(top_k, min_tokens_to_keep) - 1).bit_length())
     return c if 4 * c <= vocab else 0
 
 
@@ -135,10 +134,7 @@ def _filter_candidates(scores: Array, plan: ProcessorPlan, params: ProcessorPara
             cand = jnp.where(remove & (params.min_p > 0), NEG_INF, cand)
         return jnp.full_like(scores, NEG_INF).at[jnp.arange(b)[:, None], ids].set(cand)
 
-    def whole_vocabulary(scores: Array) -> Array:
-        return _filter_vocabulary(scores, plan, params)
-
-    return jax.lax.cond(fits, on_candidates, whole_vocabulary, scores)
+    return jax.lax.cond(fits, on_candidates, lambda s: _filter_vocabulary(s, plan, params), scores)
 
 
 def _filter_vocabulary(scores: Array, plan: ProcessorPlan, params: ProcessorParams) -> Array:
