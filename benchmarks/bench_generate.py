@@ -301,7 +301,7 @@ class JaxgenRunner:
         return dt, np.asarray(out.sequences)[:, ids.shape[1]:]
 
     def cache_size(self) -> int:
-        gen = sys.modules["jaxgen.generate"]
+        gen = sys.modules["jaxgen.api.generate"]
         if hasattr(gen, "compile_count"):
             return gen.compile_count()
         return gen._compiled._cache_size()

@@ -45,7 +45,7 @@ def main() -> None:
     import jaxgen
     from checkpoints_convert import convert_checkpoint
     from jaxgen.cache import init_cache
-    from jaxgen.sharding import cache_sharding, make_mesh
+    from jaxgen.parallel.sharding import cache_sharding, make_mesh
 
     root = tempfile.mkdtemp()
     cfg = transformers.LlamaConfig(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,

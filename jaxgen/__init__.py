@@ -2,20 +2,45 @@
 
     model = jaxgen.load_model(path, dtype="float32")
     out = jaxgen.generate(model, input_ids, attention_mask, key=jax.random.key(0), max_new_tokens=32)
+
+The package reads as its pipeline: ``checkpoints_convert`` (checkpoint -> params) -> ``jaxgen.config`` /
+``jaxgen.model`` / ``jaxgen.nn`` (params -> ``step``) -> ``jaxgen.decode`` (the compiled loop) -> ``jaxgen.api``
+(``generate``, ``score``, outputs); ``text``, ``parallel``, ``crosscheck`` and ``cli`` are the edges. Names are
+imported on first use, so ``import jaxgen`` stays cheap and never imports torch.
 """
 
-from jaxgen.config import ModelConfig
-from jaxgen.errors import CheckpointError, ConfigError, JaxgenError
-from jaxgen.generate import compile_count, generate, lower
-from jaxgen.generation_config import GenerationConfig
-from jaxgen.loading import load_model
-from jaxgen.model import Model
-from jaxgen.outputs import GenerationOutput
-from jaxgen import crosscheck
-from jaxgen.scoring import ScoreOutput, score
-from jaxgen.tokenizer import TextGeneration, generate_text, load_tokenizer
+from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "GenerationConfig", "GenerationOutput", "JaxgenError", "Model",
-           "ModelConfig", "compile_count", "generate", "load_model", "lower"]
-__all__ += ["ScoreOutput", "TextGeneration", "crosscheck", "generate_text", "load_tokenizer", "score"]
+import importlib
+from typing import Any
+
+# public name -> module that defines it
+_EXPORTS = {
+    "ModelConfig": "jaxgen.config",
+    "JaxgenError": "jaxgen.errors", "ConfigError": "jaxgen.errors", "CheckpointError": "jaxgen.errors",
+    "GenerationError": "jaxgen.errors",
+    "Model": "jaxgen.model",
+    "load_model": "jaxgen.loading",
+    "generate": "jaxgen.api.generate", "compile_count": "jaxgen.api.generate", "lower": "jaxgen.api.generate",
+    "GenerationConfig": "jaxgen.api.generation_config",
+    "GenerationOutput": "jaxgen.api.outputs",
+    "ScoreOutput": "jaxgen.api.scoring", "score": "jaxgen.api.scoring",
+    "TextGeneration": "jaxgen.text.generate_text", "generate_text": "jaxgen.text.generate_text",
+    "load_tokenizer": "jaxgen.text.tokenizer",
+    "make_mesh": "jaxgen.parallel.sharding",
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'jaxgen' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

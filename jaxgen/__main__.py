@@ -2,7 +2,7 @@
 
 import sys
 
-from jaxgen.cli import main
+from jaxgen.cli.app import main
 
 if __name__ == "__main__":
     sys.exit(main())

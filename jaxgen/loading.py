@@ -31,7 +31,7 @@ def load_model(path: str | os.PathLike | None = None, dtype: Any = "float32", pa
     ``path``: a folder written by ``jaxgen convert``, or a Hugging Face checkpoint folder (``config.json`` +
     safetensors, sharded or not, or ``pytorch_model.bin``; converted in memory). None = the bundled demo model.
     ``dtype``: compute dtype ("float32", "bfloat16", "float16"); ``param_dtype``: storage dtype (default = dtype).
-    ``mesh``: a ``jax.sharding.Mesh`` with axes ("data", "model") (:func:`jaxgen.sharding.make_mesh`): parameters
+    ``mesh``: a ``jax.sharding.Mesh`` with axes ("data", "model") (:func:`jaxgen.parallel.sharding.make_mesh`): parameters
     are split for tensor parallelism and ``generate`` splits the batch; from a converted folder each device reads
     only its own slices of the files.
     """

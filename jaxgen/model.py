@@ -90,7 +90,7 @@ def model_from_arrays(config: ModelConfig, arrays: Mapping[str, Any], dtype: Any
                       param_dtype: Any = None, source: str = "checkpoint", mesh: Any = None, **kwargs) -> Model:
     """Build a :class:`Model` from ``{dotted name: array}`` in jaxgen's layout, checking names and shapes.
 
-    With a ``mesh`` (see :mod:`jaxgen.sharding`), parameters are placed sharded for tensor parallelism.
+    With a ``mesh`` (see :mod:`jaxgen.parallel.sharding`), parameters are placed sharded for tensor parallelism.
     """
     dtype = jnp.dtype(dtype)
     param_dtype = dtype if param_dtype is None else jnp.dtype(param_dtype)
@@ -105,7 +105,7 @@ def model_from_arrays(config: ModelConfig, arrays: Mapping[str, Any], dtype: Any
                               f"{'…' if len(unused) > 8 else ''}. Re-convert the checkpoint with `jaxgen convert`.")
     shardings = {}
     if mesh is not None:
-        from jaxgen.sharding import param_shardings
+        from jaxgen.parallel.sharding import param_shardings
 
         shardings = param_shardings(config, mesh, {n: flat[p].value.shape for n, p in expected.items()})
     for name, path in expected.items():

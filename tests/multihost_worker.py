@@ -14,8 +14,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxgen  # noqa: E402
-from jaxgen import distributed  # noqa: E402
-from jaxgen.sharding import make_mesh  # noqa: E402
+from jaxgen.parallel import distributed  # noqa: E402
+from jaxgen.parallel.sharding import make_mesh  # noqa: E402
 
 
 def main(process_id: int, port: int, model_dir: str, out: str) -> None:

@@ -18,7 +18,7 @@ import transformers  # noqa: E402
 
 import jaxgen  # noqa: E402
 from checkpoints_convert import convert_checkpoint  # noqa: E402
-from jaxgen.sharding import make_mesh  # noqa: E402
+from jaxgen.parallel.sharding import make_mesh  # noqa: E402
 
 BASE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4,
             vocab_size=128, initializer_range=0.3, eos_token_id=2, pad_token_id=0, max_position_embeddings=128)
@@ -78,7 +78,7 @@ def main() -> None:
 
 def compiled_param_specs(model, ids, mask) -> dict[str, list]:
     """Per parameter: [sharding the compiled generation program uses, sharding the table asks for]."""
-    from jaxgen.sharding import param_shardings
+    from jaxgen.parallel.sharding import param_shardings
 
     compiled = jaxgen.lower(model, ids, mask, max_new_tokens=2).compile()
     used = jax.tree_util.tree_leaves(compiled.input_shardings[0][0])

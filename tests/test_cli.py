@@ -1,5 +1,5 @@
 """The ``jaxgen`` command: end to end in subprocesses (few: each pays for imports and a compilation), the rest
-in-process through ``jaxgen.cli.main``."""
+in-process through ``jaxgen.cli.app.main``."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ import pytest
 
 import jaxgen
 from conftest import hf_checkpoint
-from jaxgen import cli
-from jaxgen.generation_config import GenerationConfig
-from jaxgen.scoring import score
-from jaxgen.tokenizer import generate_text, load_tokenizer
+from jaxgen.cli import app as cli
+from jaxgen.api.generation_config import GenerationConfig
+from jaxgen.api.scoring import score
+from jaxgen.text.generate_text import generate_text
+from jaxgen.text.tokenizer import load_tokenizer
 from test_tokenizer import GENERATION_DEFAULTS, no_tokenizer_dir, text_model, text_model_dir
 
 # Without PYTHONUNBUFFERED: the command itself must flush what it streams.
@@ -153,12 +154,12 @@ def test_every_generation_config_field_is_a_flag_in_both_spellings():
         argv = ["generate", "x", "--do-sample"]
         for name, v in values.items():
             argv += [f"--{spelling(name)}", v]
-        overrides = cli._overrides(parser.parse_args(argv))
+        overrides = cli.overrides(parser.parse_args(argv))
         cfg = GenerationConfig().replace(**overrides)
         assert cfg.max_new_tokens == 7 and cfg.eos_token_id == (2, 3) and cfg.early_stopping == "never"
         assert cfg.do_sample is True and cfg.min_p == 0.1 and cfg.logprobs_mode == "processed"
-    assert cli._overrides(parser.parse_args(["generate", "x"])) == {}  # unset flags keep the model's defaults
-    assert cli._overrides(parser.parse_args(["generate", "x", "--no-do-sample"])) == {"do_sample": False}
+    assert cli.overrides(parser.parse_args(["generate", "x"])) == {}  # unset flags keep the model's defaults
+    assert cli.overrides(parser.parse_args(["generate", "x", "--no-do-sample"])) == {"do_sample": False}
 
 
 def test_user_mistakes_are_clear_errors(tmp_path, capsys, monkeypatch):

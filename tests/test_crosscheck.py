@@ -13,8 +13,8 @@ import torch
 
 import jaxgen
 from conftest import FAMILIES, hf_checkpoint
-from jaxgen import cli
-from jaxgen.crosscheck import CrosscheckError, compare
+from jaxgen.cli import app as cli
+from jaxgen.crosscheck.compare import CrosscheckError, compare
 
 PROMPTS = [[1, 5, 6, 7], [1, 20, 21, 22, 23, 24]]
 N = 10  # prompt + generated tokens stay within one length bucket (16): one forward program per family
@@ -141,7 +141,7 @@ def test_bad_requests_are_clear_errors(tmp_path, capsys):
 def test_import_jaxgen_does_not_import_torch():
     import subprocess
 
-    code = "import sys, jaxgen, jaxgen.crosscheck, jaxgen.cli, jaxgen.scoring, jaxgen.tokenizer; " \
+    code = "import sys, jaxgen, jaxgen.crosscheck, jaxgen.cli.app, jaxgen.api.scoring, jaxgen.text.tokenizer; " \
            "print('torch' in sys.modules, 'transformers' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "JAX_PLATFORMS": "cpu"})

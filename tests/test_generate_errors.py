@@ -1,4 +1,4 @@
-"""Bad input to ``jaxgen.generate``: a clear ``ValueError`` naming the field and what is allowed, raised before
+"""Bad input to ``jaxgen.api.generate``: a clear ``ValueError`` naming the field and what is allowed, raised before
 anything is compiled (the compiled program's cache does not grow)."""
 
 from __future__ import annotations

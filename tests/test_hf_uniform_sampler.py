@@ -13,7 +13,7 @@ import torch
 import jaxgen
 from conftest import hf_checkpoint
 from jaxgen.decode.sampling import sample_from_uniform
-from jaxgen.hf_uniform_sampler import JaxgenUniformSampler, inverse_cdf, sampling_kwargs, uniforms_for
+from jaxgen.crosscheck.hf_uniform_sampler import JaxgenUniformSampler, inverse_cdf, sampling_kwargs, uniforms_for
 
 N = 12
 

@@ -10,8 +10,8 @@ import torch
 
 import jaxgen
 from conftest import hf_checkpoint
-from jaxgen import scoring
-from jaxgen.scoring import forward_logits, score
+from jaxgen.api import scoring
+from jaxgen.api.scoring import forward_logits, score
 
 K = 4
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from jaxgen.sharding import MESH_AXES, PARAM_AXES
+from jaxgen.parallel.sharding import MESH_AXES, PARAM_AXES
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_bad_mesh_and_batch_errors_name_the_dimension(report):
 def test_table_is_declarative_and_total():
     from jaxgen.config import ModelConfig
     from jaxgen.model import param_shapes
-    from jaxgen.sharding import param_spec
+    from jaxgen.parallel.sharding import param_spec
 
     cfg = ModelConfig.from_hf_dict(dict(model_type="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64,
                                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2))

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import jaxgen
-from jaxgen.tokenizer import (TokenizerError, _IncrementalText, encode_prompts, generate_text, has_tokenizer,
-                              load_tokenizer)
+from jaxgen.text.detokenize import IncrementalText
+from jaxgen.text.generate_text import generate_text
+from jaxgen.text.tokenizer import TokenizerError, encode_prompts, has_tokenizer, load_tokenizer
 
 CORPUS = [
     "hello world, the quick brown fox jumps over the lazy dog.",
@@ -148,7 +149,7 @@ def test_streaming_defaults_and_seed_reproducibility(tokenizer):
 def test_incremental_text_holds_back_partial_utf8(tokenizer):
     ids = tokenizer("日本", add_special_tokens=False)["input_ids"]
     assert len(ids) >= 3  # not in the training corpus: byte tokens, several per character
-    dec = _IncrementalText(tokenizer)
+    dec = IncrementalText(tokenizer)
     pieces = [dec.update(ids[:i]) for i in range(1, len(ids) + 1)]
     assert all("\ufffd" not in p for p in pieces)
     assert "".join(pieces) == "日本"

@@ -163,9 +163,9 @@ def decode(step, params, input_ids: Array, mask: Array, row_keys: Array | None, 
 def _streaming(choose, every: int, limit: Array):
     """Wrap ``choose`` so that every ``every`` steps (and at the end) the tokens so far go to the host.
 
-    One ordered ``io_callback`` per chunk, not per token; the host side (``jaxgen.streaming``) decides what to do.
+    One ordered ``io_callback`` per chunk, not per token; the host side (``jaxgen.decode.streaming``) decides what to do.
     """
-    from jaxgen import streaming
+    from jaxgen.decode import streaming
 
     def emit(state: LoopState) -> None:
         jax.experimental.io_callback(streaming.deliver, None, state.tokens, state.step, state.done, ordered=True)

@@ -3,7 +3,7 @@
 A row's uniform at generation step ``t`` is ``uniform(fold_in(row_key, t))``: it depends only on the row's own
 key and the step, never on batch neighbours, row position or padding. Sampling walks the CDF of the processed
 distribution in token-id order, so any framework given the same uniforms draws the same token
-(see ``jaxgen.hf_uniform_sampler``).
+(see ``jaxgen.crosscheck.hf_uniform_sampler``).
 """
 
 from __future__ import annotations

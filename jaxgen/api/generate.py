@@ -16,10 +16,10 @@ from jaxgen.decode import processors as P
 from jaxgen.decode.beam import beam_search
 from jaxgen.decode.loop import DecodeParams, DecodeSpec, decode
 from jaxgen.decode.sampling import as_typed_keys
-from jaxgen.generation_config import GenerationConfig
+from jaxgen.api.generation_config import GenerationConfig
 from jaxgen.model import Model, make_step
-from jaxgen.outputs import GenerationOutput
-from jaxgen.streaming import Streamer, streaming_to
+from jaxgen.api.outputs import GenerationOutput
+from jaxgen.decode.streaming import Streamer, streaming_to
 
 MIN_BUCKET = 16
 
@@ -178,9 +178,9 @@ def _prepare(model: Model, input_ids: Any, attention_mask: Any, config: Generati
 
     ids_d, mask_d, cache_sharding = jnp.asarray(ids_b), jnp.asarray(mask_b), None
     if model.mesh is not None:  # batch rows over the mesh's data axis; parameters already carry their shardings
-        from jaxgen import sharding as S
+        from jaxgen.parallel import sharding as S
 
-        from jaxgen.distributed import global_array
+        from jaxgen.parallel.distributed import global_array
 
         S.check_batch(model.mesh, ids_b.shape[0])
         ids_d, mask_d = (global_array(x, S.batch_sharding(model.mesh)) for x in (ids_b, mask_b))
@@ -211,7 +211,7 @@ def generate(model: Model, input_ids: Any, attention_mask: Any = None, config: G
     with streaming_to(streamer if call.stream else None):
         res = jax.block_until_ready(_compiled(*call.args))
     if jax.process_count() > 1:  # results span hosts: every process gets the full arrays (process 0 writes them)
-        from jaxgen.distributed import fetch
+        from jaxgen.parallel.distributed import fetch
 
         res = fetch(res)
     n = call.max_new

@@ -1,4 +1,4 @@
-"""``GenerationOutput``: what ``jaxgen.generate`` returns (a frozen pytree of fixed-shape arrays)."""
+"""``GenerationOutput``: what ``jaxgen.api.generate`` returns (a frozen pytree of fixed-shape arrays)."""
 
 from __future__ import annotations
 

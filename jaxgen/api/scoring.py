@@ -19,7 +19,7 @@ from jax import Array
 
 from jaxgen.decode.loop import prompt_positions
 from jaxgen.decode.topk import top_k
-from jaxgen.generate import bucket
+from jaxgen.api.generate import bucket
 from jaxgen.model import Model, make_step
 
 __all__ = ["ScoreOutput", "forward_logits", "score"]

@@ -13,7 +13,7 @@ mode:
 - beam: returned sequences and ``sequences_scores`` compared; differing sequences whose scores agree within
   ``Tolerances.tie`` are a near-tie (the beams were ranked by rounding), otherwise a mismatch;
 - sample: token-for-token comparison through shared uniforms (transformers samples through
-  :class:`jaxgen.hf_uniform_sampler.JaxgenUniformSampler`), plus cross scoring. A divergence at a step where the
+  :class:`jaxgen.crosscheck.hf_uniform_sampler.JaxgenUniformSampler`), plus cross scoring. A divergence at a step where the
   draw was within ``Tolerances.sample_boundary`` of a CDF boundary is a near-tie (see that module's guarantee).
 
 Any value over its tolerance is a ``MISMATCH`` too. torch and transformers are imported inside the functions, so
@@ -22,141 +22,17 @@ Any value over its tolerance is a ``MISMATCH`` too. torch and transformers are i
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 from typing import Any, Sequence
 
 import numpy as np
 
+from jaxgen.crosscheck.hf_side import CrosscheckError, Sides, hf_generate_kwargs, load_hf
+from jaxgen.crosscheck.report import (IDENTICAL, MISMATCH, NEAR_TIE, NON_FINITE, TOLERANCES, CrosscheckReport,
+                                      ModeResult, Tolerances, worst)
+
 __all__ = ["CrosscheckError", "CrosscheckReport", "ModeResult", "TOLERANCES", "Tolerances", "compare"]
 
 MODES = ("greedy", "beam", "sample")
-IDENTICAL, NEAR_TIE, MISMATCH = "identical", "near-tie", "MISMATCH"
-_RANK = {IDENTICAL: 0, NEAR_TIE: 1, MISMATCH: 2}
-
-
-class CrosscheckError(ValueError):
-    """A user mistake in a cross-check request (bad mode, a folder transformers cannot load, no prompts...)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Tolerances:
-    """Thresholds of the verdicts.
-
-    ``logits``: prefill max abs logit difference; ``logprobs``: per-token logprob difference; ``tie``: a top-2
-    margin (greedy, logit units) or a beam-score gap under which rounding may decide; ``sample_boundary``: a
-    draw closer than this (fraction of the total probability) to a CDF boundary may round either way;
-    ``beam_score``: ``sequences_scores`` difference when the sequences agree.
-    """
-
-    logits: float
-    logprobs: float
-    tie: float
-    sample_boundary: float
-    beam_score: float
-
-
-# float32 figures are about 50x the differences measured on tiny random models (logits ~1e-5 of magnitude ~10);
-# the half-precision ones are heuristics: both frameworks round differently, so only gross errors are flagged.
-TOLERANCES = {
-    "float32": Tolerances(logits=1e-3, logprobs=1e-3, tie=1e-3, sample_boundary=1e-4, beam_score=1e-4),
-    "bfloat16": Tolerances(logits=0.5, logprobs=0.5, tie=0.25, sample_boundary=2e-2, beam_score=5e-2),
-    "float16": Tolerances(logits=5e-2, logprobs=5e-2, tie=2e-2, sample_boundary=2e-3, beam_score=5e-3),
-}
-
-
-@dataclasses.dataclass
-class ModeResult:
-    """One prompt x mode (x seed for sampling). Token lists hold generated tokens only, EOS included."""
-
-    prompt_index: int
-    prompt: str | list[int]
-    mode: str
-    verdict: str
-    prefill_max_abs_diff: float
-    logprob_max_abs_diff: float
-    jax_tokens: list[list[int]]
-    hf_tokens: list[list[int]]
-    seed: int | None = None
-    first_divergence: int | None = None  # generated-token index of the first difference (first sequence that differs)
-    notes: list[str] = dataclasses.field(default_factory=list)
-    details: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @property
-    def agreeing_tokens(self) -> str:
-        n = sum(len(s) for s in self.hf_tokens)
-        same = sum(sum(1 for a, b in zip(j, h) if a == b) for j, h in zip(self.jax_tokens, self.hf_tokens))
-        return f"{same}/{n}"
-
-
-@dataclasses.dataclass
-class CrosscheckReport:
-    model: str
-    jax_model: str
-    dtype: str
-    max_new_tokens: int
-    tolerances: Tolerances
-    results: list[ModeResult]
-    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @property
-    def has_mismatch(self) -> bool:
-        return any(r.verdict == MISMATCH for r in self.results)
-
-    def counts(self) -> dict[str, int]:
-        return {v: sum(r.verdict == v for r in self.results) for v in (IDENTICAL, NEAR_TIE, MISMATCH)}
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(model=self.model, jax_model=self.jax_model, dtype=self.dtype,
-                    max_new_tokens=self.max_new_tokens, tolerances=dataclasses.asdict(self.tolerances),
-                    settings=self.settings, summary=self.counts(), has_mismatch=self.has_mismatch,
-                    results=[dict(dataclasses.asdict(r), agreeing_tokens=r.agreeing_tokens) for r in self.results])
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(_jsonable(self.to_dict()), indent=indent, allow_nan=False)
-
-    def table(self) -> str:
-        head = ["prompt", "mode", "seed", "verdict", "prefill |dlogit|", "|dlogprob|", "tokens", "first diff"]
-        rows = []
-        for r in self.results:
-            rows.append([str(r.prompt_index), r.mode, "-" if r.seed is None else str(r.seed), r.verdict,
-                         f"{r.prefill_max_abs_diff:.2e}", f"{r.logprob_max_abs_diff:.2e}", r.agreeing_tokens,
-                         "-" if r.first_divergence is None else str(r.first_divergence)])
-        widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
-        fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
-        t = self.tolerances
-        lines = [f"crosscheck: transformers {self.model} vs jaxgen {self.jax_model}, dtype {self.dtype}, "
-                 f"max_new_tokens {self.max_new_tokens}",
-                 f"tolerances: logits {t.logits:g}, logprobs {t.logprobs:g}, near-tie margin {t.tie:g}, "
-                 f"sample CDF boundary {t.sample_boundary:g}, beam scores {t.beam_score:g}", "",
-                 fmt(head), fmt(["-" * w for w in widths])]
-        for r, row in zip(self.results, rows):
-            lines.append(fmt(row))
-            lines.extend(f"    {n}" for n in r.notes)
-        c = self.counts()
-        lines += ["", f"{c[IDENTICAL]} identical, {c[NEAR_TIE]} near-tie, {c[MISMATCH]} MISMATCH"]
-        prompts = {r.prompt_index: r.prompt for r in self.results}
-        lines += ["", "prompts:"] + [f"  {i}: {json.dumps(p, ensure_ascii=False)[:120]}" for i, p in prompts.items()]
-        return "\n".join(lines)
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return None if not math.isfinite(float(x)) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    return x
-
-
-def _worst(*verdicts: str) -> str:
-    return max(verdicts, key=_RANK.__getitem__)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -187,30 +63,6 @@ def _top2(logprobs_or_scores: np.ndarray) -> tuple[list[int], list[float]]:
     return [int(i) for i in order], [float(logprobs_or_scores[i]) for i in order]
 
 
-class _Sides:
-    """Both models, and full-sequence logits (teacher forcing) from each."""
-
-    def __init__(self, hf_model, jax_model):
-        self.hf, self.jax = hf_model, jax_model
-
-    def hf_logits(self, seqs: list[list[int]]) -> list[np.ndarray]:
-        import torch
-
-        out = []
-        with torch.no_grad():
-            for s in seqs:
-                logits = self.hf(input_ids=torch.tensor([s], dtype=torch.long)).logits[0]
-                out.append(logits.float().numpy())
-        return out
-
-    def jax_logits(self, seqs: list[list[int]]) -> list[np.ndarray]:
-        from jaxgen.scoring import forward_logits
-
-        # One sequence at a time, like the transformers side: every call of a cross-check then shares one
-        # compiled program per length bucket, whatever the number of sequences a mode returns.
-        return [np.asarray(forward_logits(self.jax, np.asarray([s], np.int32)))[0] for s in seqs]
-
-
 def _teacher_forced(logits: np.ndarray, seq: list[int], start: int) -> np.ndarray:
     """Raw logprobs of ``seq[start:]`` from full-sequence ``logits[len(seq), V]``."""
     lp = _log_softmax(logits[start - 1:len(seq) - 1])
@@ -220,28 +72,6 @@ def _teacher_forced(logits: np.ndarray, seq: list[int], start: int) -> np.ndarra
 def _max_abs(*arrays: np.ndarray) -> float:
     vals = [float(np.max(np.abs(a))) for a in arrays if a is not None and np.size(a)]
     return max(vals) if vals else 0.0
-
-
-def _hf_generate_kwargs(cfg, max_new: int) -> dict[str, Any]:
-    eos = list(cfg.eos_token_ids)
-    return dict(max_new_tokens=max_new, min_new_tokens=cfg.min_new_tokens or None,
-                repetition_penalty=cfg.repetition_penalty, length_penalty=cfg.length_penalty,
-                early_stopping=cfg.early_stopping, eos_token_id=(eos if len(eos) > 1 else eos[0]) if eos else None,
-                pad_token_id=cfg.pad_token_id, return_dict_in_generate=True, output_scores=True, output_logits=True)
-
-
-def _load_hf(hf_dir: str, dtype: str):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    try:
-        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch_dtype, local_files_only=True)
-    except Exception as e:  # transformers raises OSError, ValueError, KeyError... for folders it cannot read
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CrosscheckError(f"{hf_dir}: transformers cannot load this model: {first}") from e
-    return model.eval()
-
 
 def compare(hf_dir: str, prompts: Sequence[str | Sequence[int]], modes: Sequence[str] = MODES,
             dtype: str = "float32", max_new_tokens: int = 16, seeds: Sequence[int] = (0,), *,
@@ -259,8 +89,8 @@ def compare(hf_dir: str, prompts: Sequence[str | Sequence[int]], modes: Sequence
     ``hf_model`` / ``jax_model`` / ``tokenizer``: already loaded objects to reuse (skip loading).
     """
     import jaxgen
-    from jaxgen.generate import resolve_config
-    from jaxgen.tokenizer import encode_prompts, has_tokenizer, load_tokenizer
+    from jaxgen.api.generate import resolve_config
+    from jaxgen.text.tokenizer import encode_prompts, has_tokenizer, load_tokenizer
 
     modes = tuple(modes)
     bad = [m for m in modes if m not in MODES]
@@ -282,7 +112,7 @@ def compare(hf_dir: str, prompts: Sequence[str | Sequence[int]], modes: Sequence
     if jax_model is None:
         jax_model = jaxgen.load_model(jax_model_dir or hf_dir, dtype=dtype)
     if hf_model is None:
-        hf_model = _load_hf(hf_dir, dtype)
+        hf_model = load_hf(hf_dir, dtype)
     if hf_model.config.vocab_size != jax_model.config.vocab_size:
         raise CrosscheckError(f"vocab sizes differ: transformers {hf_model.config.vocab_size}, jaxgen "
                               f"{jax_model.config.vocab_size}; the two folders are not the same model.")
@@ -293,7 +123,7 @@ def compare(hf_dir: str, prompts: Sequence[str | Sequence[int]], modes: Sequence
                                   "prompts (lists of ints, or --ids on the command line).")
         tokenizer = load_tokenizer(hf_dir)
     encoded = encode_prompts(tokenizer, prompts, chat=chat)
-    sides = _Sides(hf_model, jax_model)
+    sides = Sides(hf_model, jax_model)
     results: list[ModeResult] = []
 
     for pi, (prompt, ids) in enumerate(zip(prompts, encoded)):
@@ -324,19 +154,19 @@ def compare(hf_dir: str, prompts: Sequence[str | Sequence[int]], modes: Sequence
                                           sample_config=sample_config, chat=chat))
 
 
-def _run_mode(sides: _Sides, mode: str, pi: int, prompt, ids: list[int], cfg, seed: int | None, tol: Tolerances,
+def _run_mode(sides: Sides, mode: str, pi: int, prompt, ids: list[int], cfg, seed: int | None, tol: Tolerances,
               prefill_cache: dict) -> ModeResult:
     """Generate with both sides in one mode for one prompt, score both outputs on both sides, give the verdict."""
     import jax
     import torch
 
     import jaxgen
-    from jaxgen.hf_uniform_sampler import sampling_kwargs, uniforms_for
+    from jaxgen.crosscheck.hf_uniform_sampler import sampling_kwargs, uniforms_for
 
     t = len(ids)
     n = cfg.max_new_tokens
     eos = set(cfg.eos_token_ids)
-    hf_kwargs = _hf_generate_kwargs(cfg, n)
+    hf_kwargs = hf_generate_kwargs(cfg, n)
     notes: list[str] = []
     details: dict[str, Any] = {}
     p_ids = np.asarray([ids], np.int32)
@@ -437,13 +267,13 @@ def _run_mode(sides: _Sides, mode: str, pi: int, prompt, ids: list[int], cfg, se
             gap = abs(js[r] - hs[r])
             if d is None:
                 if gap > tol.beam_score:
-                    verdict = _worst(verdict, MISMATCH)
+                    verdict = worst(verdict, MISMATCH)
                     notes.append(f"beam {r}: same tokens, sequences_scores differ by {gap:.3g} "
                                  f"(> {tol.beam_score:g})")
                 continue
             first = d if first is None else first
             tie = gap < tol.tie
-            verdict = _worst(verdict, NEAR_TIE if tie else MISMATCH)
+            verdict = worst(verdict, NEAR_TIE if tie else MISMATCH)
             notes.append(f"beam {r}: differs at step {d}; scores jaxgen {js[r]:.6f} vs transformers {hs[r]:.6f} "
                          f"-> {'near-tie' if tie else 'MISMATCH'} (tie tolerance {tol.tie:g})")
         details["max_score_diff"] = float(np.max(np.abs(js - hs)))

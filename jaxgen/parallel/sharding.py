@@ -83,7 +83,7 @@ def param_spec(name: str, ndim: int, rules: dict[str, str | None]) -> PartitionS
         if re.fullmatch(pattern, name):
             assert len(axes) == ndim, (name, axes)
             return PartitionSpec(*(rules.get(a) if a else None for a in axes))
-    raise KeyError(f"no sharding rule for parameter {name}; add it to jaxgen.sharding.PARAM_AXES.")
+    raise KeyError(f"no sharding rule for parameter {name}; add it to jaxgen.parallel.sharding.PARAM_AXES.")
 
 
 def param_shardings(config: ModelConfig, mesh: Mesh, shapes: dict[str, tuple[int, ...]]) -> dict[str, NamedSharding]:
