@@ -1,8 +1,9 @@
 """Hugging Face checkpoint -> jaxgen parameters, in memory or as a converted checkpoint folder.
 
 Every tensor is accounted for before any data is read: each HF key maps through the family table to a name in
-``jaxgen.model.param_shapes(config)`` with the right shape, and every jaxgen parameter gets exactly one source.
+``shapes.param_shapes(config)`` with the right shape, and every jaxgen parameter gets exactly one source.
 Anything else (unknown, missing or unused tensors, wrong shapes) is a :class:`CheckpointError` that names it.
+Nothing here imports jax or flax: shapes come from the config alone.
 
 A converted folder holds ``config.json`` (the HF one, verbatim), generation and tokenizer files, params in
 ``params-0000i-of-0000N.safetensors`` keyed by jaxgen's dotted names, and ``jaxgen_checkpoint.json``:
@@ -11,23 +12,25 @@ A converted folder holds ``config.json`` (the HF one, verbatim), generation and 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import json
 import math
+import numbers
 import os
 import re
 import shutil
 import sys
-import tempfile
-import time
 from typing import Callable, Iterator
 
 import ml_dtypes
 import numpy as np
+from tqdm import tqdm
 
-from checkpoints_convert import tables
-from checkpoints_convert.reader import DTYPE_TAGS, Checkpoint, TensorInfo, open_checkpoint, open_safetensors
+from checkpoints_convert import shapes, tables
+from checkpoints_convert.atomic import atomic_folder, sigterm_raises
+from checkpoints_convert.reader import Checkpoint, TensorInfo, open_checkpoint, open_safetensors
+from checkpoints_convert.writer import write_safetensors
 from jaxgen.config import ModelConfig
 from jaxgen.errors import CheckpointError
 
@@ -60,13 +63,6 @@ class Item:
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
-
-
-@functools.lru_cache(maxsize=8)
-def _expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    from jaxgen.model import param_shapes  # imports jax/flax; only needed once a config is known
-
-    return param_shapes(config)
 
 
 def _names(names: list[str]) -> str:
@@ -109,7 +105,7 @@ def plan_conversion(ckpt: Checkpoint, config: ModelConfig, dtype: np.dtype | Non
     Returns the items in on-disk order. Reads no tensor data, except a tied checkpoint's redundant
     ``lm_head.weight``, which must equal the embedding to be dropped.
     """
-    expected = _expected_shapes(config)
+    expected = shapes.param_shapes(config)
     where = ckpt.folder
     items: list[Item] = []
     unknown: list[str] = []
@@ -150,7 +146,7 @@ def plan_conversion(ckpt: Checkpoint, config: ModelConfig, dtype: np.dtype | Non
                          f"use: {_names(unknown)}")
         if missing:
             parts.append(f"{len(missing)} tensor(s) missing from the weights: "
-                         f"{_names([tables.source_key(m) for m in missing])}")
+                         f"{_names([tables.source_key(config.model_type, m) for m in missing])}")
         hint = _layers_hint(config, list(ckpt.tensors))
         if "lm_head.kernel" in missing:
             hint += " If the model ties its LM head to the embeddings, config.json should say tie_word_embeddings=true."
@@ -190,40 +186,28 @@ def _produce(ckpt: Checkpoint, item: Item) -> np.ndarray:
     return x
 
 
-class _Progress:
-    """Tensors done/total, bytes done/total and ETA on stderr, redrawn at most every half second."""
+@contextlib.contextmanager
+def _progress(items: list[Item], enabled: bool, label: str) -> Iterator[Callable[[Item], None]]:
+    """A bar of bytes and tensors done, with an ETA, on stderr; yields the function that advances it by one item."""
+    # On a terminal redraw often; in a log, a line every 10 s keeps it readable.
+    bar = tqdm(total=sum(i.source.nbytes for i in items), desc=label, unit="B", unit_scale=True,
+               unit_divisor=1024, file=sys.stderr, disable=not enabled, dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 10.0)
+    done = 0
 
-    def __init__(self, total_tensors: int, total_bytes: int, enabled: bool, label: str):
-        self.total_tensors, self.total_bytes, self.enabled, self.label = total_tensors, total_bytes, enabled, label
-        self.tensors = self.bytes = 0
-        self.start = self.last = time.monotonic()
-        self.tty = enabled and sys.stderr.isatty()
+    def advance(item: Item) -> None:
+        nonlocal done
+        done += 1
+        bar.set_postfix_str(f"{done}/{len(items)} tensors", refresh=False)
+        bar.update(item.source.nbytes)
 
-    def update(self, nbytes: int) -> None:
-        self.tensors += 1
-        self.bytes += nbytes
-        now = time.monotonic()
-        done = self.tensors == self.total_tensors
-        # On a terminal redraw one line often; in a log, write a line every 10 s so it stays readable.
-        if not self.enabled or not (done or now - self.last >= (0.5 if self.tty else 10.0)):
-            return
-        self.last = now
-        elapsed = now - self.start
-        rate = self.bytes / elapsed if elapsed > 0 else 0.0
-        eta = (self.total_bytes - self.bytes) / rate if rate > 0 else 0.0
-        unit, scale = ("GiB", 1024**3) if self.total_bytes >= 1024**3 else ("MiB", 1024**2)
-        line = (f"{self.label}: {self.tensors}/{self.total_tensors} tensors, {self.bytes / scale:.2f}/"
-                f"{self.total_bytes / scale:.2f} {unit}, "
-                + (f"done in {elapsed:.1f} s" if done else f"ETA {eta:.0f} s"))
-        sys.stderr.write(("\r" + line + ("\n" if done else "")) if self.tty else line + "\n")
-        sys.stderr.flush()
-
-
-def _convert_items(ckpt: Checkpoint, items: list[Item], progress: _Progress) -> Iterator[tuple[Item, np.ndarray]]:
-    for item in items:
-        x = _produce(ckpt, item)
-        progress.update(item.source.nbytes)
-        yield item, x
+    try:
+        yield advance
+    except BaseException:
+        bar.leave = False  # a failed run ends with its error line, not with a half-filled bar
+        raise
+    finally:
+        bar.close()
 
 
 def load_hf_params(hf_dir: str | os.PathLike, dtype: str | None = None,
@@ -241,8 +225,12 @@ def load_hf_params(hf_dir: str | os.PathLike, dtype: str | None = None,
     config = ModelConfig.from_pretrained(hf_dir)
     with open_checkpoint(hf_dir) as ckpt:
         items = plan_conversion(ckpt, config, cast)
-        bar = _Progress(len(items), sum(i.source.nbytes for i in items), progress, "loading")
-        return config, {item.target: x for item, x in _convert_items(ckpt, items, bar)}
+        params = {}
+        with _progress(items, progress, "loading") as advance:
+            for item in items:
+                params[item.target] = _produce(ckpt, item)
+                advance(item)
+        return config, params
 
 
 def _assign_shards(items: list[Item], max_shard_bytes: int) -> list[list[Item]]:
@@ -262,38 +250,9 @@ def shard_name(index: int, count: int) -> str:
     return f"params-{index:05d}-of-{count:05d}.safetensors"
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders; the rename is then as durable as they allow
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_shard(path: str, items: list[Item], produce: Callable[[Item], np.ndarray]) -> None:
-    """Write one safetensors file streaming tensor by tensor: the header comes from the plan's shapes, so
-    only one converted tensor is in memory at a time."""
-    header: dict[str, dict] = {"__metadata__": {"format": FORMAT}}
-    offset = 0
-    for item in items:
-        header[item.target] = {"dtype": DTYPE_TAGS[item.dtype], "shape": list(item.shape),
-                               "data_offsets": [offset, offset + item.nbytes]}
-        offset += item.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # pad so tensor data starts 8-byte aligned, as the safetensors library does
-    with open(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little"))
-        f.write(raw)
-        for item in items:
-            x = produce(item)
-            f.write(np.ascontiguousarray(x).reshape(-1).view(np.uint8))
-        f.flush()
-        os.fsync(f.fileno())
+    """One params file, streamed tensor by tensor (only one converted tensor is in memory at a time)."""
+    write_safetensors(path, [(i.target, i.dtype, i.shape) for i in items], map(produce, items), {"format": FORMAT})
 
 
 def _copy_file(src: str, dst: str) -> None:
@@ -311,74 +270,51 @@ def convert_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dt
                        progress: bool = True, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> str:
     """Convert a Hugging Face checkpoint folder into a jaxgen checkpoint folder ``out_dir``; returns its path.
 
-    Atomic: everything is written into a hidden temporary folder beside ``out_dir``, fsynced, then renamed into
-    place; on any failure (KeyboardInterrupt included) the temporary folder is removed and ``out_dir`` never
-    appears. Holds one tensor in memory at a time. ``max_shard_bytes`` caps each params file (a single larger
-    tensor gets a file of its own). ``progress`` writes tensors/bytes done and an ETA to stderr.
+    Atomic (see :mod:`checkpoints_convert.atomic`): everything is written into a hidden partial folder beside
+    ``out_dir``, fsynced, given the modes the umask implies, then renamed into place. On any failure the partial
+    is removed and ``out_dir`` never appears: errors, KeyboardInterrupt, and SIGTERM (which, in the main thread,
+    raises :class:`~checkpoints_convert.atomic.Terminated` while this runs). Partials of the same target left by
+    killed runs are removed first. Write failures (disk full, read-only, permissions) raise
+    :class:`CheckpointError`. Holds one tensor in memory at a time. ``max_shard_bytes`` caps each params file (a
+    single larger tensor gets a file of its own). ``progress`` shows bytes/tensors done and an ETA on stderr.
     """
     hf_dir, out_dir = os.fspath(hf_dir), os.fspath(out_dir)
     # Checked before any work, so a long conversion cannot end by failing to write.
     if os.path.lexists(out_dir):
         raise CheckpointError(f"{out_dir}: already exists; remove it or choose another output path.")
     cast = _resolve_dtype(dtype)
-    if max_shard_bytes <= 0:
-        raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}.")
+    if not (isinstance(max_shard_bytes, numbers.Real) and math.isfinite(max_shard_bytes) and max_shard_bytes > 0):
+        raise ValueError(f"max_shard_bytes must be a positive number of bytes, got {max_shard_bytes!r}.")
     if is_converted(hf_dir):
         raise CheckpointError(f"{hf_dir}: is already a jaxgen-converted checkpoint; there is nothing to convert.")
-    config = ModelConfig.from_pretrained(hf_dir)
+    log = (lambda line: print(line, file=sys.stderr)) if progress else None
 
-    with open_checkpoint(hf_dir) as ckpt:
-        items = plan_conversion(ckpt, config, cast)
-        shards = _assign_shards(items, max_shard_bytes)
-        names = [shard_name(i + 1, len(shards)) for i in range(len(shards))]
-        bar = _Progress(len(items), sum(i.source.nbytes for i in items), progress, "converting")
+    with sigterm_raises():
+        config = ModelConfig.from_pretrained(hf_dir)
+        with open_checkpoint(hf_dir) as ckpt:
+            items = plan_conversion(ckpt, config, cast)
+            shards = _assign_shards(items, max_shard_bytes)
+            names = [shard_name(i + 1, len(shards)) for i in range(len(shards))]
+            # The partial folder first: a note about removing stale ones then comes before the bar is drawn.
+            with atomic_folder(out_dir, log) as tmp, _progress(items, progress, "converting") as advance:
+                def produce(item: Item) -> np.ndarray:
+                    x = _produce(ckpt, item)
+                    advance(item)
+                    return x
 
-        def produce(item: Item) -> np.ndarray:
-            x = _produce(ckpt, item)
-            bar.update(item.source.nbytes)
-            return x
-
-        parent = os.path.dirname(os.path.abspath(out_dir))
-        created = _make_parents(parent)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.partial-", dir=parent)
-        try:
-            for name in SIDE_FILES:
-                if os.path.isfile(os.path.join(hf_dir, name)):
-                    _copy_file(os.path.join(hf_dir, name), os.path.join(tmp, name))
-            for name, shard in zip(names, shards):
-                _write_shard(os.path.join(tmp, name), shard, produce)
-            marker = {"format": FORMAT, "version": VERSION, "dtype": _dtype_label(items),
-                      "source": os.path.abspath(hf_dir),
-                      "weight_map": {item.target: name for name, shard in zip(names, shards) for item in shard}}
-            with open(os.path.join(tmp, MARKER), "w") as f:
-                json.dump(marker, f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            _fsync_dir(tmp)
-            if os.path.lexists(out_dir):  # appeared while converting; os.rename would replace an empty folder
-                raise CheckpointError(f"{out_dir}: was created while converting; remove it or choose another path.")
-            os.rename(tmp, out_dir)
-            _fsync_dir(parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            for folder in created:
-                try:
-                    os.rmdir(folder)
-                except OSError:
-                    break
-            raise
+                for name in SIDE_FILES:
+                    if os.path.isfile(os.path.join(hf_dir, name)):
+                        _copy_file(os.path.join(hf_dir, name), os.path.join(tmp, name))
+                for name, shard in zip(names, shards):
+                    _write_shard(os.path.join(tmp, name), shard, produce)
+                marker = {"format": FORMAT, "version": VERSION, "dtype": _dtype_label(items),
+                          "source": os.path.abspath(hf_dir),
+                          "weight_map": {item.target: name for name, shard in zip(names, shards) for item in shard}}
+                with open(os.path.join(tmp, MARKER), "w") as f:
+                    json.dump(marker, f, indent=2)
+                    f.flush()
+                    os.fsync(f.fileno())
     return out_dir
-
-
-def _make_parents(parent: str) -> list[str]:
-    """Create ``parent`` and its missing ancestors; return those created, deepest first (to undo on failure)."""
-    created = []
-    path = parent
-    while not os.path.isdir(path):
-        created.append(path)
-        path = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    return created
 
 
 def is_converted(path: str | os.PathLike) -> bool:
@@ -420,7 +356,7 @@ def read_converted(path: str | os.PathLike, lazy: bool = False) -> tuple[ModelCo
             raise CheckpointError(f"{path}: params file {file} listed in {MARKER} is missing; convert the "
                                   "checkpoint again.")
     with open_safetensors([os.path.join(path, f) for f in files], path, weight_map, marker_file) as ckpt:
-        expected = _expected_shapes(config)
+        expected = shapes.param_shapes(config)
         missing = sorted(set(expected) - set(ckpt.tensors))
         unused = sorted(set(ckpt.tensors) - set(expected))
         if missing or unused:

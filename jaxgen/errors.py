@@ -11,3 +11,18 @@ class ConfigError(JaxgenError, ValueError):
 
 class CheckpointError(JaxgenError):
     """A checkpoint folder or file that cannot be read, converted or written."""
+
+
+class GenerationError(JaxgenError):
+    """A generation call that ran but cannot give a trustworthy answer."""
+
+
+class NonFiniteLogitsError(GenerationError, FloatingPointError):
+    """The model produced NaN or +inf logits (NaN weights, or a float16 overflow): ``row`` and ``step`` say where.
+
+    ``step`` counts generated tokens: 0 is the prefill's prediction of the first new token.
+    """
+
+    def __init__(self, message: str, row: int, step: int):
+        super().__init__(message)
+        self.row, self.step = row, step

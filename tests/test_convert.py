@@ -137,7 +137,8 @@ def test_table_reaches_every_parameter(kind):
     # Every jaxgen parameter of the family has exactly one HF key that the table maps onto it.
     config = ModelConfig.from_hf_dict(FAMILIES[kind]().to_dict())
     for name in param_shapes(config):
-        assert tables.map_key(config.model_type, tables.source_key(name))[0] == name
+        key, transform = tables.hf_key(config.model_type, name)
+        assert tables.map_key(config.model_type, key) == (name, tables.INVERSE[transform])
 
 
 @pytest.mark.parametrize("kind", sorted(FAMILIES))

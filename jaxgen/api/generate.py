@@ -11,22 +11,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from jaxgen.api.generation_config import GenerationConfig
+from jaxgen.api.inputs import bucket, check_context, check_memory, check_tokens, model_tokens
+from jaxgen.api.outputs import GenerationOutput
 from jaxgen.cache import init_cache
 from jaxgen.decode import processors as P
+from jaxgen.decode import streaming
 from jaxgen.decode.beam import beam_search
 from jaxgen.decode.loop import DecodeParams, DecodeSpec, decode
-from jaxgen.decode.sampling import as_typed_keys
-from jaxgen.api.generation_config import GenerationConfig
+from jaxgen.decode.streaming import Streamer
+from jaxgen.errors import NonFiniteLogitsError
 from jaxgen.model import Model, make_step
-from jaxgen.api.outputs import GenerationOutput
-from jaxgen.decode.streaming import Streamer, streaming_to
 
-MIN_BUCKET = 16
-
-
-def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
-    """Static size used for a dynamic length ``n``: the next power of two, at least ``minimum``."""
-    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+__all__ = ["compile_count", "default_generation_config", "generate", "lower", "resolve_config"]
 
 
 def default_generation_config(model: Model) -> GenerationConfig:
@@ -41,57 +38,6 @@ def default_generation_config(model: Model) -> GenerationConfig:
     return GenerationConfig.from_dict(base)
 
 
-def _check_inputs(model: Model, input_ids: Any, attention_mask: Any) -> tuple[np.ndarray, np.ndarray]:
-    ids = np.asarray(input_ids)
-    if ids.ndim == 1:
-        ids = ids[None, :]
-    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"input_ids must be an integer array [batch, length], got dtype {ids.dtype} shape "
-                         f"{ids.shape}.")
-    if ids.shape[0] == 0 or ids.shape[1] == 0:
-        raise ValueError(f"input_ids is empty (shape {ids.shape}); give at least one prompt token per row.")
-    mask = np.ones(ids.shape, np.int32) if attention_mask is None else np.asarray(attention_mask)
-    if mask.shape != ids.shape:
-        raise ValueError(f"attention_mask shape {mask.shape} differs from input_ids shape {ids.shape}.")
-    if not np.isin(mask, (0, 1)).all():
-        raise ValueError("attention_mask must contain only 0 (padding) and 1 (token).")
-    mask = mask.astype(np.int32)
-    if (mask.sum(axis=1) == 0).any():
-        rows = np.flatnonzero(mask.sum(axis=1) == 0).tolist()
-        raise ValueError(f"attention_mask rows {rows} have no tokens: every prompt needs at least one token.")
-    if (np.diff(mask, axis=1) < 0).any():
-        raise ValueError("attention_mask has padding after tokens: jaxgen expects left padding (pad at the start "
-                         "of each row), as transformers' generate does for decoder-only models.")
-    vocab = model.config.vocab_size
-    real = ids[mask == 1]
-    if real.size and (real.min() < 0 or real.max() >= vocab):
-        raise ValueError(f"input_ids has token ids outside [0, vocab_size={vocab}).")
-    return ids.astype(np.int32), mask
-
-
-def _row_keys(key: Any, batch: int, num_return: int, do_sample: bool) -> Array | None:
-    if not do_sample:
-        return None
-    if key is None:
-        raise ValueError("do_sample=True needs key=jax.random.key(seed) (one key, or one per prompt row).")
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-    try:
-        keys = as_typed_keys(key)
-    except Exception as e:  # wrap_key_data rejects shapes/dtypes that are not key data
-        raise ValueError(f"key must be a jax.random.key (shape () or [{batch}]) or legacy uint32 key data "
-                         f"(shape [2] or [{batch}, 2]); got dtype {key.dtype} shape {key.shape}.") from e
-    if keys.shape == ():
-        # One key: it is the row's own key for a single prompt, else split into one key per row.
-        keys = keys[None] if batch == 1 else jax.random.split(keys, batch)
-    elif keys.shape != (batch,):
-        raise ValueError(f"key has shape {keys.shape}: pass one key (shape ()) or one per prompt row "
-                         f"(shape ({batch},)).")
-    if num_return > 1:
-        keys = jax.vmap(lambda k: jax.vmap(lambda r: jax.random.fold_in(k, r))(jnp.arange(num_return)))(keys)
-        keys = keys.reshape(batch * num_return)
-    return keys
-
-
 def resolve_config(model: Model, config: GenerationConfig | None, overrides: dict[str, Any]) -> GenerationConfig:
     base = config if config is not None else default_generation_config(model)
     if not isinstance(base, GenerationConfig):
@@ -103,6 +49,39 @@ def resolve_config(model: Model, config: GenerationConfig | None, overrides: dic
     return cfg
 
 
+def bucket_rows(n: int, multiple: int = 1) -> int:
+    """Static row count for ``n`` rows: a power of two up to 8, then a multiple of 8; and a multiple of
+    ``multiple`` (the mesh's data axis), so every batch runs on every mesh."""
+    rows = bucket(n, 1) if n <= 8 else -(-n // 8) * 8
+    return -(-rows // multiple) * multiple
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyPlan:
+    """Static: how the program derives per-row keys from the caller's key data."""
+
+    fold_prompt: bool = False  # one key for several prompts: prompt i samples with fold_in(key, i)
+    fold_return: bool = False  # num_return_sequences > 1: sample r of a prompt uses fold_in(prompt_key, r)
+
+
+def _key_data(key: Any, batch: int) -> tuple[np.ndarray, bool]:
+    """Key data ``uint32[K, 2]`` (K = 1 or ``batch``) from a typed key / legacy key data, and whether it is one key."""
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        data = np.asarray(jax.random.key_data(key))
+    else:
+        data = np.asarray(key)
+        if not (np.issubdtype(data.dtype, np.integer) and data.shape[-1:] == (2,)):
+            raise ValueError(f"key must be a jax.random.key (shape () or [{batch}]) or legacy uint32 key data "
+                             f"(shape [2] or [{batch}, 2]); got dtype {data.dtype} shape {data.shape}.")
+        data = data.astype(np.uint32)
+    if data.ndim == 1:
+        return data[None], True
+    if data.ndim != 2 or data.shape[0] != batch:
+        raise ValueError(f"key has shape {data.shape[:-1]}: pass one key (shape ()) or one per prompt row "
+                         f"(shape ({batch},)).")
+    return data, False
+
+
 @dataclasses.dataclass(frozen=True)
 class _Call:
     """A checked, bucketed call of the compiled program and what is needed to shape its results."""
@@ -110,47 +89,63 @@ class _Call:
     args: tuple
     config: GenerationConfig
     prompt: np.ndarray  # int32 [B*R, T]: the caller's prompt rows, repeated per returned sequence
+    rows: int  # B*R: real output rows (the program may run more, bucketed)
     max_new: int
-    keys: Array | None
     stream: bool
 
 
 def _prepare(model: Model, input_ids: Any, attention_mask: Any, config: GenerationConfig | None, key: Any,
-             overrides: dict[str, Any], streaming: bool = False, stream_every: int = 8) -> _Call:
-    """Everything host-side: validation (before anything compiles), padding to buckets, static/traced split."""
+             overrides: dict[str, Any], streaming_on: bool = False, stream_every: int = 8,
+             stream_id: int = 0) -> _Call:
+    """Everything host-side, in numpy: validation (before anything compiles), padding to buckets, static/traced
+    split. Nothing here runs a jax operation, so a call in a known bucket compiles nothing."""
     cfg = resolve_config(model, config, overrides)
-    ids, mask = _check_inputs(model, input_ids, attention_mask)
+    ids, mask = check_tokens(model.config, input_ids, attention_mask, left_padded=True)
     b, t = ids.shape
     max_new = cfg.max_new_tokens if cfg.max_new_tokens is not None else cfg.max_length - t
     if max_new < 1:
         raise ValueError(f"max_length={cfg.max_length} leaves no room after a prompt of {t} tokens; set "
                          "max_new_tokens instead.")
-    context = model.config.max_position_embeddings
-    longest = int(mask.sum(axis=1).max())
-    if longest > context:
-        raise ValueError(f"a prompt has {longest} tokens, longer than the model's context "
-                         f"(max_position_embeddings={context}); shorten it.")
+    check_context(model.config, int(mask.sum(axis=1).max()), max_new)
     pad = cfg.pad_token_id
     if pad is None:
         if (mask == 0).any():
             raise ValueError("the batch is padded but pad_token_id is not set: pass pad_token_id=... (often the "
                              "tokenizer's pad or EOS id).")
         pad = cfg.eos_token_ids[0] if cfg.eos_token_ids else 0
-    if not isinstance(stream_every, int) or stream_every < 1:
+    if not isinstance(stream_every, int) or isinstance(stream_every, bool) or stream_every < 1:
         raise ValueError(f"stream_every={stream_every!r} is invalid: must be an integer >= 1.")
     r = cfg.num_return_sequences
-    keys = _row_keys(key, b, r, cfg.do_sample)
     beam = cfg.num_beams > 1
-    if cfg.do_sample and r > 1:
-        ids, mask = np.repeat(ids, r, axis=0), np.repeat(mask, r, axis=0)
-
-    # Shape buckets: extra left padding (masked) and a longer output buffer (the traced limit stops the loop).
-    tb, nb = bucket(t), bucket(max_new)
-    ids_b = np.full((ids.shape[0], tb), pad, np.int32)
-    mask_b = np.zeros((ids.shape[0], tb), np.int32)
-    ids_b[:, tb - t:], mask_b[:, tb - t:] = ids, mask
-
     do_sample = cfg.do_sample
+    key_data, single = (None, False)
+    if do_sample:
+        if key is None:
+            raise ValueError("do_sample=True needs key=jax.random.key(seed) (one key, or one per prompt row).")
+        key_data, single = _key_data(key, b)
+    if do_sample and r > 1:
+        ids, mask = np.repeat(ids, r, axis=0), np.repeat(mask, r, axis=0)
+    rows = ids.shape[0]  # B*R for sampling, B for greedy and beam search (beams expand inside)
+
+    # Shape buckets: extra left padding (masked), a longer output buffer (the traced limit stops the loop), and
+    # extra rows (copies of row 0, dropped from the results) so batch sizes share programs and split over meshes.
+    data = 1 if model.mesh is None else model.mesh.shape["data"]
+    tb, nb, rb = bucket(t), bucket(max_new), bucket_rows(rows, data)
+    check_memory(model.config, rb, tb, max_new, itemsize=model.dtype.itemsize, top_logprobs=cfg.top_logprobs,
+                 num_beams=cfg.num_beams, num_eos=len(cfg.eos_token_ids))
+    ids_b = np.zeros((rb, tb), np.int32)  # padding holds token 0, a valid id whatever pad_token_id is
+    mask_b = np.zeros((rb, tb), np.int32)
+    ids_b[:rows, tb - t:], mask_b[:rows, tb - t:] = model_tokens(ids, mask), mask
+    ids_b[rows:], mask_b[rows:] = ids_b[0], mask_b[0]
+
+    keys = None
+    key_plan = KeyPlan()
+    if do_sample:
+        prompt_of = np.minimum(np.arange(rb) // r, b - 1)  # dummy rows reuse the last prompt's key
+        keys = dict(data=key_data[np.zeros(rb, np.int64) if single else prompt_of], prompt=prompt_of.astype(np.int32),
+                    ret=(np.arange(rb) % r).astype(np.int32))
+        key_plan = KeyPlan(fold_prompt=single and b > 1, fold_return=r > 1)
+
     plan = P.ProcessorPlan(
         repetition_penalty=cfg.repetition_penalty != 1.0,
         min_new_tokens=cfg.min_new_tokens > 0 and bool(cfg.eos_token_ids),
@@ -161,7 +156,7 @@ def _prepare(model: Model, input_ids: Any, attention_mask: Any, config: Generati
         min_p=do_sample and cfg.min_p is not None,
         top_k_candidates=P.candidate_count(cfg.top_k, model.config.vocab_size) if do_sample else 0,
     )
-    stream = streaming and not beam
+    stream = streaming_on and not beam
     # Sampling repeats the prompt rows on the host, so R only shapes beam search's output inside the program;
     # keeping it out of the sampling spec lets B prompts x R returns reuse the program compiled for B*R rows.
     spec = DecodeSpec(max_new_tokens=nb, do_sample=do_sample, num_beams=cfg.num_beams,
@@ -169,29 +164,29 @@ def _prepare(model: Model, input_ids: Any, attention_mask: Any, config: Generati
                       top_logprobs=cfg.top_logprobs, logprobs_mode=cfg.logprobs_mode,
                       early_stopping=cfg.early_stopping if beam else False, plan=plan,
                       stream_every=stream_every if stream else 0)
+    f32, i32 = np.float32, np.int32
     dp = DecodeParams(
         processors=P.ProcessorParams(
-            temperature=jnp.float32(cfg.temperature), top_k=jnp.int32(min(cfg.top_k, model.config.vocab_size)),
-            top_p=jnp.float32(cfg.top_p), min_p=jnp.float32(cfg.min_p or 0.0),
-            repetition_penalty=jnp.float32(cfg.repetition_penalty), min_new_tokens=jnp.int32(cfg.min_new_tokens)),
-        max_new_tokens=jnp.int32(max_new), pad_token_id=jnp.int32(pad), length_penalty=jnp.float32(cfg.length_penalty))
+            temperature=f32(cfg.temperature), top_k=i32(min(cfg.top_k, model.config.vocab_size)),
+            top_p=f32(cfg.top_p), min_p=f32(cfg.min_p or 0.0),
+            repetition_penalty=f32(cfg.repetition_penalty), min_new_tokens=i32(cfg.min_new_tokens)),
+        max_new_tokens=i32(max_new), pad_token_id=i32(pad), length_penalty=f32(cfg.length_penalty),
+        stream_id=i32(stream_id))
 
-    ids_d, mask_d, cache_sharding = jnp.asarray(ids_b), jnp.asarray(mask_b), None
+    ids_d, mask_d, cache_sharding = ids_b, mask_b, None
     if model.mesh is not None:  # batch rows over the mesh's data axis; parameters already carry their shardings
         from jaxgen.parallel import sharding as S
-
         from jaxgen.parallel.distributed import global_array
 
-        S.check_batch(model.mesh, ids_b.shape[0])
-        ids_d, mask_d = (global_array(x, S.batch_sharding(model.mesh)) for x in (ids_b, mask_b))
+        rows_sharding = lambda x: global_array(x, S.batch_sharding(model.mesh, x.ndim))
+        ids_d, mask_d = rows_sharding(ids_b), rows_sharding(mask_b)
         if keys is not None:
-            key_data = np.asarray(jax.random.key_data(keys))
-            keys = jax.random.wrap_key_data(global_array(key_data, S.batch_sharding(model.mesh)))
+            keys = {k: rows_sharding(v) for k, v in keys.items()}
         cache_sharding = S.cache_sharding(model.config, model.mesh)
-    args = (model.graphdef, model.config, model.dtype.name, spec, cache_sharding, model.params, ids_d, mask_d, keys,
-            dp)
-    return _Call(args=args, config=cfg, prompt=np.repeat(ids, r, axis=0) if beam else ids, max_new=max_new,
-                 keys=keys, stream=stream)
+    args = (model.graphdef, model.config, model.dtype.name, spec, key_plan, cache_sharding, model.params, ids_d,
+            mask_d, keys, dp)
+    return _Call(args=args, config=cfg, prompt=np.repeat(ids, r, axis=0) if beam else ids,
+                 rows=b * r, max_new=max_new, stream=stream)
 
 
 def generate(model: Model, input_ids: Any, attention_mask: Any = None, config: GenerationConfig | None = None,
@@ -200,29 +195,47 @@ def generate(model: Model, input_ids: Any, attention_mask: Any = None, config: G
     """Generate continuations of left-padded ``input_ids`` int32 ``[B, T]`` with one compiled program.
 
     ``config`` defaults to the model's ``generation_config.json`` (else transformers' defaults); keyword
-    ``overrides`` (``max_new_tokens=32, do_sample=True, ...``) apply on top. ``key``: one PRNG key or one per row,
-    needed only for sampling. Same inputs and key give bit-identical outputs. See :class:`GenerationOutput`.
+    ``overrides`` (``max_new_tokens=32, do_sample=True, ...``) apply on top. ``key``: needed only for sampling:
+    one PRNG key per prompt row (shape ``[B]``), or one key (a single prompt samples with it; prompt ``i`` of
+    several with ``fold_in(key, i)``). Same inputs and key give bit-identical outputs. See
+    :class:`GenerationOutput`. Raises :class:`jaxgen.NonFiniteLogitsError` if the model's logits hold NaN or +inf.
 
     ``streamer(tokens[B', N], num_steps, done[B'])`` (greedy/sampling) receives the new tokens every
     ``stream_every`` steps from inside the compiled loop (rows in call order; only the first ``num_steps``
     columns are filled).
     """
-    call = _prepare(model, input_ids, attention_mask, config, key, overrides, streamer is not None, stream_every)
-    with streaming_to(streamer if call.stream else None):
+    user_streamer = streamer
+
+    def route(tokens, steps, done):  # drop the bucket's filler rows before the caller sees them
+        user_streamer(tokens[:rows], steps, done[:rows])
+
+    with streaming.open_stream(route if streamer is not None else None) as stream_id:
+        call = _prepare(model, input_ids, attention_mask, config, key, overrides, streamer is not None,
+                        stream_every, stream_id)
+        rows = call.rows
         res = jax.block_until_ready(_compiled(*call.args))
     if jax.process_count() > 1:  # results span hosts: every process gets the full arrays (process 0 writes them)
         from jaxgen.parallel.distributed import fetch
 
         res = fetch(res)
+    res = {k: np.asarray(v)[:rows] for k, v in res.items()}  # numpy slicing: no compiled slice per shape
+    bad = np.flatnonzero(res["nonfinite_step"] >= 0)
+    if bad.size:
+        row, at = int(bad[0]), int(res["nonfinite_step"][bad[0]])
+        raise NonFiniteLogitsError(
+            f"the model's logits hold NaN or +inf at generation step {at} of row {row}"
+            f"{f' (and {bad.size - 1} more rows)' if bad.size > 1 else ''}: the weights contain NaN/inf, or "
+            f"{model.dtype.name} overflowed; check the checkpoint, or load with dtype='float32' or 'bfloat16'.",
+            row=row, step=at)
     n = call.max_new
     return GenerationOutput(
-        sequences=jnp.concatenate([jnp.asarray(call.prompt), res["tokens"][:, :n]], axis=1),
-        token_logprobs=res["token_logprobs"][:, :n],
-        top_token_ids=res["top_ids"][:, :n],
-        top_logprobs=res["top_logprobs"][:, :n],
-        num_generated=res["num_generated"],
-        sequences_scores=res.get("sequences_scores"),
-        keys=None if call.keys is None else jax.random.key_data(call.keys),
+        sequences=jnp.asarray(np.concatenate([call.prompt, res["tokens"][:, :n]], axis=1)),
+        token_logprobs=jnp.asarray(res["token_logprobs"][:, :n]),
+        top_token_ids=jnp.asarray(res["top_ids"][:, :n]),
+        top_logprobs=jnp.asarray(res["top_logprobs"][:, :n]),
+        num_generated=jnp.asarray(res["num_generated"]),
+        sequences_scores=jnp.asarray(res["sequences_scores"]) if "sequences_scores" in res else None,
+        keys=jnp.asarray(res["keys"]) if "keys" in res else None,
         prompt_length=call.prompt.shape[1], config=call.config)
 
 
@@ -238,9 +251,19 @@ def lower(model: Model, input_ids: Any, attention_mask: Any = None, config: Gene
     return _compiled.lower(*_prepare(model, input_ids, attention_mask, config, key, overrides).args)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "config", "dtype", "spec", "cache_sharding"))
-def _compiled(graphdef, config, dtype: str, spec: DecodeSpec, cache_sharding, params, input_ids, mask, keys,
-              dp: DecodeParams) -> dict[str, Array]:
+def _row_keys(keys: dict[str, Array], plan: KeyPlan) -> tuple[Array, Array]:
+    """Typed per-row keys ``[R]`` and their data ``uint32[R, 2]``, derived inside the program (no host op)."""
+    k = jax.random.wrap_key_data(keys["data"])
+    if plan.fold_prompt:
+        k = jax.vmap(jax.random.fold_in)(k, keys["prompt"])
+    if plan.fold_return:
+        k = jax.vmap(jax.random.fold_in)(k, keys["ret"])
+    return k, jax.random.key_data(k)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "config", "dtype", "spec", "key_plan", "cache_sharding"))
+def _compiled(graphdef, config, dtype: str, spec: DecodeSpec, key_plan: KeyPlan, cache_sharding, params,
+              input_ids, mask, keys, dp: DecodeParams) -> dict[str, Array]:
     """Prefill + decode loop (greedy, sampling or beam search) as one program; the cache lives inside it."""
     step = make_step(graphdef)
     b, t = input_ids.shape
@@ -248,12 +271,17 @@ def _compiled(graphdef, config, dtype: str, spec: DecodeSpec, cache_sharding, pa
     if cache_sharding is not None:
         cache = jax.lax.with_sharding_constraint(cache, cache_sharding)
     if spec.num_beams == 1:
-        s = decode(step, params, input_ids, mask, keys, cache, spec, dp)
-        return dict(tokens=s.tokens, token_logprobs=s.token_logprobs, top_ids=s.top_ids,
-                    top_logprobs=s.top_logprobs, num_generated=s.num_generated)
+        row_keys, key_data = _row_keys(keys, key_plan) if keys is not None else (None, None)
+        s = decode(step, params, input_ids, mask, row_keys, cache, spec, dp, emit=streaming.deliver)
+        out = dict(tokens=s.tokens, token_logprobs=s.token_logprobs, top_ids=s.top_ids,
+                   top_logprobs=s.top_logprobs, num_generated=s.num_generated, nonfinite_step=s.nonfinite_step)
+        if key_data is not None:
+            out["keys"] = key_data
+        return out
     s = beam_search(step, params, input_ids, mask, cache, spec, dp)
     r = spec.num_return_sequences
     flat = lambda x: x[:, :r].reshape((b * r,) + x.shape[2:])
     return dict(tokens=flat(s.finished.tokens), token_logprobs=flat(s.finished.token_logprobs),
                 top_ids=flat(s.finished.top_ids), top_logprobs=flat(s.finished.top_logprobs),
-                num_generated=flat(s.finished_lengths), sequences_scores=flat(s.finished_scores))
+                num_generated=flat(s.finished_lengths), sequences_scores=flat(s.finished_scores),
+                nonfinite_step=jnp.repeat(s.nonfinite_step, r))

@@ -17,9 +17,10 @@ import numpy as np
 from flax import struct
 from jax import Array
 
-from jaxgen.decode.loop import prompt_positions
+from jaxgen.api.inputs import bucket, check_tokens, model_tokens
+from jaxgen.decode.loop import nonfinite_rows, prompt_positions
 from jaxgen.decode.topk import top_k
-from jaxgen.api.generate import bucket
+from jaxgen.errors import NonFiniteLogitsError
 from jaxgen.model import Model, make_step
 
 __all__ = ["ScoreOutput", "forward_logits", "score"]
@@ -48,38 +49,22 @@ class ScoreOutput:
 
 
 def _check(model: Model, input_ids: Any, attention_mask: Any) -> tuple[np.ndarray, np.ndarray]:
-    ids = np.asarray(input_ids)
-    if ids.ndim == 1:
-        ids = ids[None, :]
-    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"input_ids must be an integer array [batch, length]; got dtype {ids.dtype} shape "
-                         f"{ids.shape}.")
-    if ids.shape[0] == 0 or ids.shape[1] == 0:
-        raise ValueError(f"input_ids is empty (shape {ids.shape}); give at least one token per row.")
-    mask = np.ones(ids.shape, np.int32) if attention_mask is None else np.asarray(attention_mask)
-    if mask.ndim == 1:
-        mask = mask[None, :]
-    if mask.shape != ids.shape:
-        raise ValueError(f"attention_mask shape {mask.shape} differs from input_ids shape {ids.shape}.")
-    if not np.isin(mask, (0, 1)).all():
-        raise ValueError("attention_mask must contain only 0 (padding) and 1 (token).")
-    mask = mask.astype(np.int32)
-    counts = mask.sum(axis=1)
-    if (counts == 0).any():
-        raise ValueError(f"attention_mask rows {np.flatnonzero(counts == 0).tolist()} have no tokens.")
-    # Real tokens must be one contiguous run (left or right padding), so "the token before" is well defined.
-    first = mask.argmax(axis=1)
-    last = mask.shape[1] - 1 - mask[:, ::-1].argmax(axis=1)
-    if (last - first + 1 != counts).any():
-        raise ValueError("attention_mask must mark one contiguous run of tokens per row (left or right padding).")
-    vocab = model.config.vocab_size
-    real = ids[mask == 1]
-    if real.min() < 0 or real.max() >= vocab:
-        raise ValueError(f"input_ids has token ids outside [0, vocab_size={vocab}).")
-    if counts.max() > model.config.max_position_embeddings:
-        raise ValueError(f"a row has {counts.max()} tokens, more than the model's context "
+    ids, mask = check_tokens(model.config, input_ids, attention_mask, left_padded=False)
+    longest = int(mask.sum(axis=1).max())
+    if longest > model.config.max_position_embeddings:
+        raise ValueError(f"a row has {longest} tokens, more than the model's context "
                          f"(max_position_embeddings={model.config.max_position_embeddings}).")
-    return ids.astype(np.int32), mask
+    return ids, mask
+
+
+def _raise_if_nonfinite(bad: np.ndarray, model: Model) -> None:
+    """``bad[B, T]``: positions whose logits held NaN or +inf."""
+    rows, cols = np.nonzero(bad)
+    if rows.size:
+        raise NonFiniteLogitsError(
+            f"the model's logits hold NaN or +inf at position {int(cols[0])} of row {int(rows[0])}: the weights "
+            f"contain NaN/inf, or {model.dtype.name} overflowed; check the checkpoint, or load with "
+            "dtype='float32' or 'bfloat16'.", row=int(rows[0]), step=int(cols[0]))
 
 
 def _bucketed(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +73,7 @@ def _bucketed(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray
     bb, tb = bucket(b, 1), bucket(t)
     ids_b = np.zeros((bb, tb), np.int32)
     mask_b = np.zeros((bb, tb), np.int32)
-    ids_b[:b, :t], mask_b[:b, :t] = ids, mask
+    ids_b[:b, :t], mask_b[:b, :t] = model_tokens(ids, mask), mask
     mask_b[b:, 0] = 1  # filler rows get one token, so no row is all padding
     return ids_b, mask_b
 
@@ -100,8 +85,9 @@ def _logits(graphdef, params, ids: Array, mask: Array) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "k"))
-def _score(graphdef, k: int, params, ids: Array, mask: Array) -> tuple[Array, Array, Array]:
+def _score(graphdef, k: int, params, ids: Array, mask: Array) -> tuple[Array, Array, Array, Array]:
     logits, _ = make_step(graphdef)(params, ids, prompt_positions(mask), None, mask)
+    bad = nonfinite_rows(logits) & (mask > 0)
     logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)  # predicts tokens 1..T-1
     chosen = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
     defined = (mask[:, 1:] > 0) & (mask[:, :-1] > 0)
@@ -114,7 +100,7 @@ def _score(graphdef, k: int, params, ids: Array, mask: Array) -> tuple[Array, Ar
         top_lp = jnp.zeros(logp.shape[:2] + (0,), jnp.float32)
         top_ids = jnp.zeros(logp.shape[:2] + (0,), jnp.int32)
     pad = lambda x, value: jnp.concatenate([jnp.full((x.shape[0], 1) + x.shape[2:], value, x.dtype), x], axis=1)
-    return pad(chosen, jnp.nan), pad(top_ids, -1), pad(top_lp, jnp.nan)
+    return pad(chosen, jnp.nan), pad(top_ids, -1), pad(top_lp, jnp.nan), bad
 
 
 def score(model: Model, input_ids: Any, attention_mask: Any = None, top_logprobs: int = 0) -> ScoreOutput:
@@ -132,10 +118,11 @@ def score(model: Model, input_ids: Any, attention_mask: Any = None, top_logprobs
     ids, mask = _check(model, input_ids, attention_mask)
     b, t = ids.shape
     ids_b, mask_b = _bucketed(ids, mask)
-    lp, top_ids, top_lp = _score(model.graphdef, int(top_logprobs), model.params, jnp.asarray(ids_b),
-                                 jnp.asarray(mask_b))
-    return ScoreOutput(token_logprobs=lp[:b, :t], top_token_ids=top_ids[:b, :t], top_logprobs=top_lp[:b, :t],
-                       input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask))
+    lp, top_ids, top_lp, bad = (np.asarray(x)[:b, :t] for x in _score(model.graphdef, int(top_logprobs),
+                                                                      model.params, ids_b, mask_b))
+    _raise_if_nonfinite(bad, model)
+    return ScoreOutput(token_logprobs=jnp.asarray(lp), top_token_ids=jnp.asarray(top_ids),
+                       top_logprobs=jnp.asarray(top_lp), input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask))
 
 
 def forward_logits(model: Model, input_ids: Any, attention_mask: Any = None) -> Array:
@@ -146,4 +133,6 @@ def forward_logits(model: Model, input_ids: Any, attention_mask: Any = None) -> 
     ids, mask = _check(model, input_ids, attention_mask)
     b, t = ids.shape
     ids_b, mask_b = _bucketed(ids, mask)
-    return _logits(model.graphdef, model.params, jnp.asarray(ids_b), jnp.asarray(mask_b))[:b, :t]
+    logits = np.asarray(_logits(model.graphdef, model.params, ids_b, mask_b))[:b, :t]
+    _raise_if_nonfinite(np.any(np.isnan(logits) | (logits == np.inf), axis=-1) & (mask > 0), model)
+    return jnp.asarray(logits)

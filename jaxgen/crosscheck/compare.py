@@ -22,10 +22,12 @@ Any value over its tolerance is a ``MISMATCH`` too. torch and transformers are i
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
 
+from jaxgen.errors import NonFiniteLogitsError
 from jaxgen.crosscheck.hf_side import CrosscheckError, Sides, hf_generate_kwargs, load_hf
 from jaxgen.crosscheck.report import (IDENTICAL, MISMATCH, NEAR_TIE, NON_FINITE, TOLERANCES, CrosscheckReport,
                                       ModeResult, Tolerances, worst)
@@ -146,12 +148,25 @@ def compare(hf_dir: str, prompts: Sequence[str | Sequence[int]], modes: Sequence
                     raise CrosscheckError(str(e)) from e
                 if cfg.pad_token_id is None:
                     cfg = cfg.replace(pad_token_id=cfg.eos_token_ids[0] if cfg.eos_token_ids else 0)
-                results.append(_run_mode(sides, mode, pi, prompt, ids, cfg, seed, tol, prefill_cache))
+                try:
+                    results.append(_run_mode(sides, mode, pi, prompt, ids, cfg, seed, tol, prefill_cache))
+                except NonFiniteLogitsError as e:  # its own verdict: neither side's tokens mean anything
+                    results.append(ModeResult(prompt_index=pi, prompt=prompt, mode=mode, verdict=NON_FINITE,
+                                              prefill_max_abs_diff=math.nan, logprob_max_abs_diff=math.nan,
+                                              jax_tokens=[], hf_tokens=[], seed=seed,
+                                              notes=[f"jaxgen: {e}"]))
 
     return CrosscheckReport(model=str(hf_dir), jax_model=str(jax_model_dir or hf_dir), dtype=dtype,
                             max_new_tokens=max_new_tokens, tolerances=tol, results=results,
                             settings=dict(modes=list(modes), seeds=list(seeds), num_beams=num_beams,
-                                          sample_config=sample_config, chat=chat))
+                                          sample_config=sample_config, chat=chat, versions=_versions()))
+
+
+def _versions() -> dict[str, str]:
+    """What was compared: the report names the transformers and torch it ran against."""
+    import importlib.metadata as md
+
+    return {name: md.version(name) for name in ("jaxgen", "transformers", "torch", "jax")}
 
 
 def _run_mode(sides: Sides, mode: str, pi: int, prompt, ids: list[int], cfg, seed: int | None, tol: Tolerances,

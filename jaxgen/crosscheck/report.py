@@ -102,8 +102,10 @@ class CrosscheckReport:
         widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
         fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
         t = self.tolerances
+        versions = self.settings.get("versions", {})
+        against = " ".join(f"{k} {v}" for k, v in versions.items())
         lines = [f"crosscheck: transformers {self.model} vs jaxgen {self.jax_model}, dtype {self.dtype}, "
-                 f"max_new_tokens {self.max_new_tokens}",
+                 f"max_new_tokens {self.max_new_tokens}" + (f" ({against})" if against else ""),
                  f"tolerances: logits {t.logits:g}, logprobs {t.logprobs:g}, near-tie margin {t.tie:g}, "
                  f"sample CDF boundary {t.sample_boundary:g}, beam scores {t.beam_score:g}", "",
                  fmt(head), fmt(["-" * w for w in widths])]
@@ -111,7 +113,8 @@ class CrosscheckReport:
             lines.append(fmt(row))
             lines.extend(f"    {n}" for n in r.notes)
         c = self.counts()
-        lines += ["", f"{c[IDENTICAL]} identical, {c[NEAR_TIE]} near-tie, {c[MISMATCH]} MISMATCH"]
+        lines += ["", f"{c[IDENTICAL]} identical, {c[NEAR_TIE]} near-tie, {c[MISMATCH]} MISMATCH"
+                  + (f", {c[NON_FINITE]} NON-FINITE (NaN/inf logits)" if c[NON_FINITE] else "")]
         prompts = {r.prompt_index: r.prompt for r in self.results}
         lines += ["", "prompts:"] + [f"  {i}: {json.dumps(p, ensure_ascii=False)[:120]}" for i, p in prompts.items()]
         return "\n".join(lines)

@@ -17,7 +17,7 @@ from jax import Array
 from jaxgen.cache import KVCache, reorder_rows
 from jaxgen.decode import processors as P
 from jaxgen.decode.logprobs import token_and_top_logprobs
-from jaxgen.decode.loop import DecodeParams, DecodeSpec, model_if, prefill, seen_tokens
+from jaxgen.decode.loop import DecodeParams, DecodeSpec, model_if, nonfinite_rows, prefill, seen_tokens
 from jaxgen.decode.topk import top_k
 
 BIG = 1.0e9  # transformers' "very large" score offset, kept identical so float rounding matches too
@@ -55,6 +55,7 @@ class BeamState:
     seen: Array  # bool[b*nb, V] or [b*nb, 0]
     positions: Array  # i32[b*nb]
     logits: Array  # f32[b*nb, V]: the model's logits for each beam's next token
+    nonfinite_step: Array  # i32[b]: first step whose logits held NaN or +inf, over the item's beams (-1: none)
     cache: KVCache
 
 
@@ -88,12 +89,14 @@ def beam_search(step, params, input_ids: Array, mask: Array, cache: KVCache, spe
         finished=empty(nb), finished_scores=jnp.full((b, nb), -BIG, jnp.float32),
         finished_lengths=jnp.zeros((b, nb), jnp.int32), is_finished=jnp.zeros((b, nb), bool),
         improvable=jnp.ones((b, 1), bool), all_candidates_stopped=jnp.zeros((), bool), seen=seen,
-        positions=positions, logits=logits, cache=cache)
+        positions=positions, logits=logits, nonfinite_step=jnp.full((b,), -1, jnp.int32), cache=cache)
     top_nb_mask = jnp.arange(kk) < nb
     length_penalty = dp.length_penalty
 
     def advance(state: BeamState, logits: Array) -> BeamState:
         i = state.step
+        bad_item = jnp.any(nonfinite_rows(logits).reshape(b, nb), axis=1)
+        nonfinite_step = jnp.where((state.nonfinite_step < 0) & bad_item, i, state.nonfinite_step)
         log_probs = jax.nn.log_softmax(logits, axis=-1)
         scores = P.process(log_probs, plan, dp.processors, seen=state.seen, num_generated=i, do_sample=False)
         record = scores if spec.logprobs_mode == "processed" else log_probs
@@ -157,6 +160,7 @@ def beam_search(step, params, input_ids: Array, mask: Array, cache: KVCache, spe
             step=i + 1, running=running, running_scores=running_scores, finished=finished,
             finished_scores=finished_scores, finished_lengths=finished_lengths, is_finished=is_finished,
             improvable=improvable, all_candidates_stopped=jnp.all(stopped), seen=seen_next,
+            nonfinite_step=nonfinite_step,
             cache=reorder_rows(state.cache, flat_origin), positions=state.positions[flat_origin])
 
     def cond(state: BeamState) -> Array:

@@ -43,6 +43,7 @@ class DecodeParams:
     max_new_tokens: Array  # i32[]: the requested number (<= spec.max_new_tokens)
     pad_token_id: Array  # i32[]
     length_penalty: Array  # f32[]
+    stream_id: Array  # i32[]: which host callback receives streamed tokens (see jaxgen.decode.streaming)
 
 
 @struct.dataclass
@@ -57,7 +58,18 @@ class LoopState:
     positions: Array  # i32[B]: position id of the next token
     seen: Array  # bool[B, V] (or [B, 0] without repetition penalty): tokens of prompt + output
     logits: Array  # f32[B, V]: the model's logits for the next token
+    nonfinite_step: Array  # i32[B]: first step whose logits held NaN or +inf (-1: none)
     cache: KVCache
+
+
+def nonfinite_rows(logits: Array) -> Array:
+    """``bool[B]``: rows of ``logits[B, V]`` holding NaN or +inf (-inf is a legitimate masked score)."""
+    return jnp.any(jnp.isnan(logits) | (logits == jnp.inf), axis=-1)
+
+
+def first_nonfinite(seen: Array, logits: Array, step: Array, live: Array) -> Array:
+    """Update ``seen[B]`` (first bad step per row, -1 none) with this step's ``logits[B, V]`` for ``live`` rows."""
+    return jnp.where((seen < 0) & live & nonfinite_rows(logits), step, seen)
 
 
 def prompt_positions(mask: Array) -> Array:
@@ -102,11 +114,12 @@ def _is_eos(tokens: Array, eos_ids: tuple[int, ...]) -> Array:
 
 
 def decode(step, params, input_ids: Array, mask: Array, row_keys: Array | None, cache: KVCache,
-           spec: DecodeSpec, dp: DecodeParams) -> LoopState:
+           spec: DecodeSpec, dp: DecodeParams, emit=None) -> LoopState:
     """Greedy or sampled decoding of ``input_ids[B, T]`` (left-padded, ``mask[B, T]``) up to ``dp.max_new_tokens``.
 
-    ``row_keys``: typed keys ``[B]`` when sampling. Returns the final loop state (buffers of length
-    ``spec.max_new_tokens``).
+    ``row_keys``: typed keys ``[B]`` when sampling. ``emit(stream_id, tokens, step, done)``: the host function
+    that receives tokens every ``spec.stream_every`` steps (required when streaming). Returns the final loop
+    state (buffers of length ``spec.max_new_tokens``).
     """
     b = input_ids.shape[0]
     n, k = spec.max_new_tokens, spec.top_logprobs
@@ -118,7 +131,8 @@ def decode(step, params, input_ids: Array, mask: Array, row_keys: Array | None, 
         step=jnp.zeros((), jnp.int32), tokens=jnp.full((b, n), dp.pad_token_id, jnp.int32),
         token_logprobs=jnp.zeros((b, n), jnp.float32), top_ids=jnp.full((b, n, k), -1, jnp.int32),
         top_logprobs=jnp.zeros((b, n, k), jnp.float32), done=jnp.zeros((b,), bool),
-        num_generated=jnp.zeros((b,), jnp.int32), positions=positions, seen=seen, logits=logits, cache=cache)
+        num_generated=jnp.zeros((b,), jnp.int32), positions=positions, seen=seen, logits=logits,
+        nonfinite_step=jnp.full((b,), -1, jnp.int32), cache=cache)
 
     def choose(state: LoopState, logits: Array) -> LoopState:
         scores = P.process(logits, plan, dp.processors, seen=state.seen, num_generated=state.step,
@@ -135,6 +149,7 @@ def decode(step, params, input_ids: Array, mask: Array, row_keys: Array | None, 
         top_ids = jnp.where(live[:, None], top_ids, -1)
         top_lp = jnp.where(live[:, None], top_lp, 0.0)
         i = state.step
+        bad = first_nonfinite(state.nonfinite_step, logits, i, live)
         seen = state.seen
         if plan.repetition_penalty:
             seen = seen.at[jnp.arange(b), token].set(True)
@@ -142,7 +157,7 @@ def decode(step, params, input_ids: Array, mask: Array, row_keys: Array | None, 
             tokens=state.tokens.at[:, i].set(token), token_logprobs=state.token_logprobs.at[:, i].set(lp),
             top_ids=state.top_ids.at[:, i].set(top_ids), top_logprobs=state.top_logprobs.at[:, i].set(top_lp),
             done=state.done | _is_eos(token, plan.eos_token_ids), num_generated=state.num_generated + live,
-            seen=seen, step=i + 1)
+            seen=seen, nonfinite_step=bad, step=i + 1)
 
     def cond(state: LoopState) -> Array:
         return (state.step < dp.max_new_tokens) & ~jnp.all(state.done)
@@ -156,19 +171,22 @@ def decode(step, params, input_ids: Array, mask: Array, row_keys: Array | None, 
         return state.replace(positions=positions, logits=logits, cache=cache)
 
     if spec.stream_every:
-        choose = _streaming(choose, spec.stream_every, dp.max_new_tokens)
+        if emit is None:
+            raise ValueError("streaming (spec.stream_every > 0) needs the host function `emit`.")
+        choose = _streaming(choose, spec.stream_every, dp, emit)
     return jax.lax.while_loop(cond, body, state)
 
 
-def _streaming(choose, every: int, limit: Array):
-    """Wrap ``choose`` so that every ``every`` steps (and at the end) the tokens so far go to the host.
+def _streaming(choose, every: int, dp: DecodeParams, host_fn):
+    """Wrap ``choose`` so that every ``every`` steps (and at the end) the tokens so far go to ``host_fn``.
 
-    One ordered ``io_callback`` per chunk, not per token; the host side (``jaxgen.decode.streaming``) decides what to do.
+    One ordered ``io_callback`` per chunk, not per token; the host side decides what to do with them.
     """
-    from jaxgen.decode import streaming
+    limit = dp.max_new_tokens
 
     def emit(state: LoopState) -> None:
-        jax.experimental.io_callback(streaming.deliver, None, state.tokens, state.step, state.done, ordered=True)
+        jax.experimental.io_callback(host_fn, None, dp.stream_id, state.tokens, state.step, state.done,
+                                     ordered=True)
 
     def wrapped(state: LoopState, logits: Array) -> LoopState:
         state = choose(state, logits)

@@ -24,15 +24,15 @@ import os
 import sys
 import sysconfig
 import time
-from typing import Any, Iterable
+from typing import Iterable
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import optax
 from flax import nnx
 
+from checkpoints_convert.export import save_hf_safetensors
 from jaxgen.config import ModelConfig
 from jaxgen.nn.transformer import CausalLM
 
@@ -224,51 +224,15 @@ def unigram_nll(train_stream: np.ndarray, targets: np.ndarray, vocab: int) -> fl
 # ----------------------------------------------------------------------------------------------- saving
 
 
-def hf_state_dict(params) -> dict[str, np.ndarray]:
-    """jaxgen parameter tree -> transformers state dict (``kernel [in, out]`` -> ``weight [out, in]``)."""
-    out = {}
-    for path, leaf in params.flat_state():
-        name = ".".join(map(str, path))
-        value = np.asarray(leaf[...])
-        if name.endswith(".kernel"):
-            name, value = name[: -len("kernel")] + "weight", value.T
-        elif name.endswith(".embedding"):
-            name = name[: -len("embedding")] + "weight"
-        elif not name.endswith(".weight"):
-            raise AssertionError(f"no transformers name for parameter {name}")
-        assert name not in out, name
-        out[name] = np.ascontiguousarray(value)
-    return out
-
-
-def write_safetensors(path: str, tensors: dict[str, np.ndarray], dtype: np.dtype) -> None:
-    """A ``model.safetensors`` in ``dtype`` (float32, or bfloat16 via ml_dtypes, which safetensors' numpy API
-    cannot write)."""
-    tag = {np.dtype(np.float32): "F32", np.dtype(ml_dtypes.bfloat16): "BF16"}[np.dtype(dtype)]
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset, blobs = 0, []
-    for name in sorted(tensors):
-        blob = np.ascontiguousarray(tensors[name].astype(dtype)).tobytes()
-        header[name] = {"dtype": tag, "shape": list(tensors[name].shape), "data_offsets": [offset, offset + len(blob)]}
-        offset += len(blob)
-        blobs.append(blob)
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little"))
-        f.write(raw)
-        for blob in blobs:
-            f.write(blob)
-
-
-def save_model(out: str, hf_cfg, tokenizer, params, save_dtype: str) -> None:
+def save_model(out: str, hf_cfg, config: ModelConfig, tokenizer, params, save_dtype: str) -> None:
     import transformers
 
     os.makedirs(out, exist_ok=True)
     hf_cfg.dtype = save_dtype
     hf_cfg.save_pretrained(out)
-    dtype = np.dtype(ml_dtypes.bfloat16) if save_dtype == "bfloat16" else np.dtype(np.float32)
-    write_safetensors(os.path.join(out, "model.safetensors"), hf_state_dict(params), dtype)
+    # The converter's own table, read backwards, names and lays out the tensors as transformers expects.
+    by_name = {".".join(map(str, path)): np.asarray(leaf[...]) for path, leaf in params.flat_state()}
+    save_hf_safetensors(os.path.join(out, "model.safetensors"), config, by_name, save_dtype)
     tokenizer.save_pretrained(out)
     # transformers 5 writes its own class name, which 4.x cannot resolve; the 4.x name loads in both.
     tok_cfg = os.path.join(out, "tokenizer_config.json")
@@ -441,7 +405,7 @@ def train(out: str, h: Hyper, stdlib: str, plot_path: str | None, save_dtype: st
                   flush=True)
     train_time = time.time() - t_train
 
-    save_model(out, hf_cfg, tokenizer, params, save_dtype)
+    save_model(out, hf_cfg, config, tokenizer, params, save_dtype)
     # Report on the weights as saved and reloaded (matters when they are stored in bfloat16).
     shipped = reload_model(out)
     held_loss = mean_nll(shipped.params, held_windows, h.batch_size)

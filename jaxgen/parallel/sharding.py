@@ -105,11 +105,3 @@ def cache_sharding(config: ModelConfig, mesh: Mesh):
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA, *([None] * (ndim - 1))))
-
-
-def check_batch(mesh: Mesh, batch: int, what: str = "batch size") -> None:
-    d = mesh.shape[DATA]
-    if batch % d:
-        raise ValueError(f"{what} {batch} does not split over mesh axis '{DATA}' of size {d}; use a batch size "
-                         f"that is a multiple of {d} (e.g. {batch + (-batch) % d}), or a data-axis size that divides "
-                         f"{batch}: {_divisors(batch)}.")

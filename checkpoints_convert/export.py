@@ -1,0 +1,66 @@
+"""jaxgen parameters -> a Hugging Face ``model.safetensors``: the conversion tables read backwards.
+
+Used to save models trained in jaxgen (``jaxgen.demo.train``) so that transformers loads them. Checks every name
+and shape against ``shapes.param_shapes(config)`` first, so a wrong tree fails before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+from checkpoints_convert import shapes, tables
+from checkpoints_convert.atomic import atomic_file
+from checkpoints_convert.convert import DTYPES
+from checkpoints_convert.writer import write_safetensors
+from jaxgen.config import ModelConfig
+from jaxgen.errors import CheckpointError
+
+# transformers refuses safetensors files whose metadata "format" it does not know; "pt" is what torch writes.
+HF_METADATA = {"format": "pt"}
+
+
+def hf_layout(config: ModelConfig, params_by_name: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """``{jaxgen name: (HF key, transform)}`` for every parameter, after checking names and shapes."""
+    expected = shapes.param_shapes(config)
+    missing = sorted(set(expected) - set(params_by_name))
+    unused = sorted(set(params_by_name) - set(expected))
+    if missing or unused:
+        raise CheckpointError(f"the parameters do not match the {config.model_type} config: missing "
+                              f"{missing[:4] or 'none'}, unused {unused[:4] or 'none'}.")
+    for name, want in expected.items():
+        got = tuple(np.shape(params_by_name[name]))
+        if got != want:
+            raise CheckpointError(f"parameter {name} has shape {got}, the config implies {want}.")
+    layout = {name: tables.hf_key(config.model_type, name) for name in expected}
+    unmapped = sorted(name for name, found in layout.items() if found is None)
+    assert not unmapped, f"the {config.model_type} table has no rule for {unmapped}"
+    return layout
+
+
+def save_hf_safetensors(path: str | os.PathLike, config: ModelConfig, params_by_name: Mapping[str, Any],
+                        dtype: str | np.dtype | None = None) -> None:
+    """Write ``{dotted jaxgen name: array}`` to ``path`` as a Hugging Face-layout safetensors file.
+
+    Keys and layouts are transformers' (``...q_proj.weight [out, in]``; no ``lm_head.weight`` when tied), in
+    sorted order. ``dtype``: "float32", "bfloat16", "float16" or a numpy dtype; None keeps each array's own.
+    Written to a partial file beside ``path`` and renamed over it, one tensor in memory at a time.
+    """
+    if isinstance(dtype, str) and dtype not in DTYPES:
+        raise ValueError(f"dtype must be None (keep each array's) or one of {', '.join(DTYPES)}; got {dtype!r}.")
+    cast = DTYPES[dtype] if isinstance(dtype, str) else (None if dtype is None else np.dtype(dtype))
+    layout = hf_layout(config, params_by_name)
+    order = sorted(layout, key=lambda name: layout[name][0])
+    out_dtype = {n: cast or np.asarray(params_by_name[n]).dtype for n in order}
+    specs = [(layout[n][0], out_dtype[n], tables.SHAPE_OF[layout[n][1]](tuple(np.shape(params_by_name[n]))))
+             for n in order]
+
+    def arrays():
+        for n in order:
+            x = tables.TRANSFORMS[layout[n][1]](np.asarray(params_by_name[n]))
+            yield np.ascontiguousarray(x.astype(out_dtype[n], copy=False))
+
+    with atomic_file(os.fspath(path)) as tmp:
+        write_safetensors(tmp, specs, arrays(), HF_METADATA)

@@ -1,0 +1,94 @@
+"""checkpoints_convert.shapes: the flax-free shape table equals the model's own, and conversion imports no flax."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+transformers = pytest.importorskip("transformers")
+
+import checkpoints_convert  # noqa: E402
+from checkpoints_convert import shapes, tables  # noqa: E402
+from conftest import BASE, VARIANTS  # noqa: E402
+from jaxgen.config import SUPPORTED_MODEL_TYPES, ModelConfig  # noqa: E402
+from jaxgen.model import param_shapes  # noqa: E402
+
+BUNDLED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jaxgen", "demo", "model")
+# Beyond the shared variants: every bias flag on, and a layer count past 10 (names sort differently from numbers).
+EXTRA = {
+    "llama_all_biases": ("LlamaConfig", dict(attention_bias=True, mlp_bias=True)),
+    "qwen3_bias_tied_12_layers": ("Qwen3Config", dict(attention_bias=True, tie_word_embeddings=True,
+                                                      num_hidden_layers=12)),
+}
+
+
+def variant_config(name: str) -> ModelConfig:
+    if name in VARIANTS:
+        cls, _, overrides = VARIANTS[name]
+    else:
+        cls, overrides = EXTRA[name]
+    return ModelConfig.from_hf_dict(getattr(transformers, cls)(**{**BASE, **overrides}).to_dict())
+
+
+def test_every_supported_family_has_a_shape_table():
+    assert set(shapes.FAMILIES) == set(tables.TABLES) == set(SUPPORTED_MODEL_TYPES)
+
+
+@pytest.mark.parametrize("name", [*VARIANTS, *EXTRA])
+def test_shape_table_equals_the_model(name):
+    config = variant_config(name)
+    assert shapes.param_shapes(config) == param_shapes(config)
+
+
+def test_shape_table_equals_the_bundled_model():
+    config = ModelConfig.from_pretrained(BUNDLED)
+    table = shapes.param_shapes(config)
+    assert table == param_shapes(config)
+    assert "lm_head.kernel" not in table and len(table) == 2 + 9 * config.num_hidden_layers
+
+
+def test_shape_table_follows_the_config_flags():
+    # The flags that add parameters each add exactly the ones expected (a check independent of flax).
+    base = variant_config("llama_gqa")
+    qwen2, qwen3, tied = variant_config("qwen2_bias"), variant_config("qwen3_qknorm"), variant_config("llama_mqa_tied")
+    layer0 = lambda cfg: {k for k in shapes.param_shapes(cfg) if k.startswith("model.layers.0.")}  # noqa: E731
+    extra = lambda cfg: sorted(k.removeprefix("model.layers.0.") for k in layer0(cfg) - layer0(base))  # noqa: E731
+    assert extra(qwen2) == [f"self_attn.{p}_proj.bias" for p in "kqv"]
+    assert extra(qwen3) == ["self_attn.k_norm.weight", "self_attn.q_norm.weight"]
+    assert shapes.param_shapes(qwen3)["model.layers.0.self_attn.q_proj.kernel"] == (64, 4 * 32)
+    assert set(shapes.param_shapes(base)) - set(shapes.param_shapes(tied)) == {"lm_head.kernel"}
+
+
+def _fresh_python(code: str, stub_jaxgen: bool) -> subprocess.CompletedProcess:
+    """Run ``code`` in a new interpreter; with ``stub_jaxgen``, ``jaxgen`` is an empty package, so only the
+    submodules checkpoints_convert asks for are imported (not what ``jaxgen/__init__.py`` imports)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(checkpoints_convert.__file__)))
+    stub = ("import sys, types; p = types.ModuleType('jaxgen'); "
+            f"p.__path__ = [{os.path.join(root, 'jaxgen')!r}]; sys.modules['jaxgen'] = p\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-c", (stub if stub_jaxgen else "") + code], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+CHECK_IMPORTS = """
+import sys
+import checkpoints_convert, checkpoints_convert.cli, checkpoints_convert.convert, checkpoints_convert.export
+import checkpoints_convert.shapes
+banned = sorted(m for m in sys.modules
+                if m.split('.')[0] in ('flax', 'jax', 'torch') or m.startswith(('jaxgen.model', 'jaxgen.nn')))
+assert not banned, banned
+"""
+
+
+def test_conversion_modules_import_no_flax():
+    proc = _fresh_python(CHECK_IMPORTS, stub_jaxgen=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_conversion_imports_no_flax_through_jaxgen_package():
+    # The whole chain, jaxgen/__init__.py included (it must import its submodules lazily).
+    proc = _fresh_python(CHECK_IMPORTS, stub_jaxgen=False)
+    assert proc.returncode == 0, proc.stderr
