@@ -35,7 +35,7 @@ def abstract_split(config: ModelConfig, dtype: Any = jnp.float32, param_dtype: A
 def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter's dotted name (``model.layers.0.self_attn.q_proj.kernel``) and shape."""
     _, state = abstract_split(config)
-    return {".".join(map(str, path)): tuple(v.value.shape) for path, v in state.flat_state()}
+    return {".".join(map(str, path)): tuple(v.shape) for path, v in nnx.to_flat_state(state)}
 
 
 def make_step(graphdef: nnx.GraphDef) -> StepFn:
@@ -95,7 +95,7 @@ def model_from_arrays(config: ModelConfig, arrays: Mapping[str, Any], dtype: Any
     dtype = jnp.dtype(dtype)
     param_dtype = dtype if param_dtype is None else jnp.dtype(param_dtype)
     graphdef, state = abstract_split(config, dtype, param_dtype)
-    flat = dict(state.flat_state())
+    flat = dict(nnx.to_flat_state(state))
     expected = {".".join(map(str, p)): p for p in flat}
     missing = sorted(set(expected) - set(arrays))
     unused = sorted(set(arrays) - set(expected))
@@ -107,12 +107,12 @@ def model_from_arrays(config: ModelConfig, arrays: Mapping[str, Any], dtype: Any
     if mesh is not None:
         from jaxgen.parallel.sharding import param_shardings
 
-        shardings = param_shardings(config, mesh, {n: flat[p].value.shape for n, p in expected.items()})
+        shardings = param_shardings(config, mesh, {n: flat[p].shape for n, p in expected.items()})
     for name, path in expected.items():
-        want = flat[path].value.shape
+        want = flat[path].shape
         got = tuple(arrays[name].shape)
         if got != tuple(want):
             raise CheckpointError(f"{source}: parameter {name} has shape {got}, the config implies {tuple(want)}.")
         flat[path] = flat[path].replace(_place(arrays[name], param_dtype, shardings.get(name)))
-    params = nnx.State.from_flat_path(flat) if hasattr(nnx.State, "from_flat_path") else nnx.from_flat_state(flat)
+    params = nnx.from_flat_state(flat)
     return Model(config=config, graphdef=graphdef, params=params, dtype=dtype, mesh=mesh, **kwargs)

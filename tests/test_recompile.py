@@ -85,3 +85,55 @@ def test_new_prompt_lengths_and_sampling_values_do_not_recompile():
             assert out.sequences.shape == (4, max(lengths) + call["max_new_tokens"])
             assert cache_size() == compiled, f"call {i} ({lengths}, {call}) recompiled"
     assert compiles == [], compiles
+
+
+@contextlib.contextmanager
+def count_all_compiles():
+    """Every XLA compilation in the process, whatever the function (host-side helpers included)."""
+    names: list[str] = []
+
+    def listener(event: str, duration: float, **kwargs) -> None:
+        if event == BACKEND_COMPILE:
+            names.append(kwargs.get("fun_name", "?"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_switching_filters_on_and_off_and_new_sizes_in_the_bucket_compile_nothing():
+    """After one warm-up call, other prompt lengths, batch sizes (3 -> 4 rows) and max_new_tokens in the same buckets,
+    and the no-op values of temperature / top_p / min_p, compile nothing at all: not the decoding program and
+    no host-side helper either."""
+    common = dict(do_sample=True, pad_token_id=0, top_k=50)
+    keys = jax.random.split(jax.random.key(3), 4)
+    row_keys = {n: keys[:n] for n in (3, 4)}  # sliced before counting: a slice of a jax array compiles
+    ids, mask = prompts([5, 9, 2, 7], seed=11)
+    jaxgen.generate(model(), ids, mask, key=keys, max_new_tokens=8, temperature=1.0, top_p=1.0, min_p=None,
+                    **common)
+    calls = [
+        dict(lengths=[3, 12, 4], temperature=0.8, top_p=0.9, min_p=0.05, max_new_tokens=7),
+        dict(lengths=[16, 1, 4, 2], temperature=1.0, top_p=1.0, min_p=None, max_new_tokens=3),
+        dict(lengths=[6, 6, 6], temperature=0.8, top_p=1.0, min_p=0.05, max_new_tokens=8),
+    ]
+    with count_all_compiles() as compiles:
+        for i, call in enumerate(calls):
+            lengths = call.pop("lengths")
+            ids, mask = prompts(lengths, seed=20 + i)
+            out = jaxgen.generate(model(), ids, mask, key=row_keys[len(lengths)], **common, **call)
+            assert out.sequences.shape == (len(lengths), max(lengths) + call["max_new_tokens"])
+    assert compiles == [], compiles
+
+
+def test_no_op_filter_values_are_exact_no_ops():
+    """temperature 1.0, top_p 1.0 and min_p 0.0 inside the program give the tokens and logprobs of plain sampling."""
+    ids, mask = prompts([6, 3], seed=5)
+    keys = jax.random.split(jax.random.key(9), 2)
+    plain = jaxgen.generate(model(), ids, mask, key=keys, do_sample=True, top_k=0, pad_token_id=0,
+                            max_new_tokens=10, logprobs_mode="processed")
+    noop = jaxgen.generate(model(), ids, mask, key=keys, do_sample=True, top_k=0, pad_token_id=0,
+                           max_new_tokens=10, logprobs_mode="processed", temperature=1.0, top_p=1.0, min_p=0.0)
+    np.testing.assert_array_equal(np.asarray(plain.sequences), np.asarray(noop.sequences))
+    np.testing.assert_array_equal(np.asarray(plain.token_logprobs), np.asarray(noop.token_logprobs))

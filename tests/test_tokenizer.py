@@ -181,3 +181,37 @@ def test_folder_without_tokenizer_is_clear_and_ids_still_work():
         n = int(out.num_generated[i])
         assert res[i].token_ids == np.asarray(out.new_tokens)[i, :n].tolist()
         assert res[i].text is None and res[i].tokens[0].text is None
+
+
+_NO_TORCH = "import sys; sys.modules['torch'] = None\n"  # find_spec('torch') is None: transformers sees no torch
+
+
+def _stderr_without_torch(code: str) -> str:
+    import subprocess
+    import sys
+
+    quiet = ("TRANSFORMERS_VERBOSITY", "TRANSFORMERS_NO_ADVISORY_WARNINGS")  # conftest sets the first
+    env = {k: v for k, v in os.environ.items() if k not in quiet}
+    run = subprocess.run([sys.executable, "-c", _NO_TORCH + code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    return run.stderr
+
+
+def test_missing_torch_advice_is_kept_out_of_jaxgen_output():
+    from jaxgen.loading import BUNDLED_MODEL
+    from jaxgen.text._hf import TORCH_ADVICE
+
+    # The advice exists, and comes through transformers' own logging (its verbosity silences it) ...
+    assert TORCH_ADVICE in _stderr_without_torch("import transformers")
+    assert TORCH_ADVICE not in _stderr_without_torch(
+        "import os; os.environ['TRANSFORMERS_VERBOSITY'] = 'error'; import transformers")
+    # ... and jaxgen's import of transformers drops just that record: the tokenizer still works, and transformers'
+    # other warnings still come out.
+    err = _stderr_without_torch(
+        "from jaxgen.text._hf import import_transformers\n"
+        "transformers = import_transformers()\n"
+        f"tok = transformers.AutoTokenizer.from_pretrained({BUNDLED_MODEL!r})\n"
+        "assert tok.decode(tok('hi')['input_ids'], skip_special_tokens=True) == 'hi'\n"
+        "transformers.utils.logging.get_logger('transformers').warning('still here')\n")
+    assert TORCH_ADVICE not in err and "still here" in err

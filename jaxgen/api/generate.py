@@ -12,7 +12,7 @@ import numpy as np
 from jax import Array
 
 from jaxgen.api.generation_config import GenerationConfig
-from jaxgen.api.inputs import bucket, check_context, check_memory, check_tokens, model_tokens
+from jaxgen.api.inputs import bucket, check_context, check_memory, check_tokens, model_tokens, to_device
 from jaxgen.api.outputs import GenerationOutput
 from jaxgen.cache import init_cache
 from jaxgen.decode import processors as P
@@ -150,10 +150,9 @@ def _prepare(model: Model, input_ids: Any, attention_mask: Any, config: Generati
         repetition_penalty=cfg.repetition_penalty != 1.0,
         min_new_tokens=cfg.min_new_tokens > 0 and bool(cfg.eos_token_ids),
         eos_token_ids=cfg.eos_token_ids,
-        temperature=do_sample and cfg.temperature != 1.0,
-        top_k=do_sample and cfg.top_k != 0,
-        top_p=do_sample and cfg.top_p < 1.0,
-        min_p=do_sample and cfg.min_p is not None,
+        # Sampling filters are always in a sampling program: their off values (temperature 1, top_p 1, min_p 0)
+        # are exact no-ops, so switching them on and off reuses the program.
+        temperature=do_sample, top_k=do_sample and cfg.top_k != 0, top_p=do_sample, min_p=do_sample,
         top_k_candidates=P.candidate_count(cfg.top_k, model.config.vocab_size) if do_sample else 0,
     )
     stream = streaming_on and not beam
@@ -229,13 +228,13 @@ def generate(model: Model, input_ids: Any, attention_mask: Any = None, config: G
             row=row, step=at)
     n = call.max_new
     return GenerationOutput(
-        sequences=jnp.asarray(np.concatenate([call.prompt, res["tokens"][:, :n]], axis=1)),
-        token_logprobs=jnp.asarray(res["token_logprobs"][:, :n]),
-        top_token_ids=jnp.asarray(res["top_ids"][:, :n]),
-        top_logprobs=jnp.asarray(res["top_logprobs"][:, :n]),
-        num_generated=jnp.asarray(res["num_generated"]),
-        sequences_scores=jnp.asarray(res["sequences_scores"]) if "sequences_scores" in res else None,
-        keys=jnp.asarray(res["keys"]) if "keys" in res else None,
+        sequences=to_device(np.concatenate([call.prompt, res["tokens"][:, :n]], axis=1)),
+        token_logprobs=to_device(res["token_logprobs"][:, :n]),
+        top_token_ids=to_device(res["top_ids"][:, :n]),
+        top_logprobs=to_device(res["top_logprobs"][:, :n]),
+        num_generated=to_device(res["num_generated"]),
+        sequences_scores=to_device(res["sequences_scores"]) if "sequences_scores" in res else None,
+        keys=to_device(res["keys"]) if "keys" in res else None,
         prompt_length=call.prompt.shape[1], config=call.config)
 
 

@@ -15,7 +15,10 @@ _HF_DEFAULTS = dict(max_length=20, do_sample=False, temperature=1.0, top_k=50, t
 # Sizes and counts become int32 inside the compiled program; float options become float32.
 INT32_LIMIT = 2**31
 FLOAT32_MAX = 3.4028234663852886e38
-FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32: below it a divisor flushes to 0 on some devices
+FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32: below it top_p may flush to 0 on some devices
+# Scores are divided by temperature and repetition_penalty in float32: below this floor a logit of 1e8 would
+# overflow to inf and the processed logprobs to NaN (transformers, in float32, does the same).
+MIN_DIVISOR = 1e-30
 
 
 def _plain(value: Any) -> Any:
@@ -145,15 +148,15 @@ class GenerationConfig:
             raise bad("do_sample", "must be True or False")
         # Greedy and beam search ignore temperature (`temperature=0` is a common way to ask for greedy); sampling
         # needs > 0, and inf is transformers' uniform sampling.
-        check_float("temperature", lambda t: not self.do_sample or t >= FLOAT32_TINY,
-                    "must be a number > 0 (at least 1.2e-38, float32's smallest normal; inf samples uniformly; "
-                    "for greedy decoding use do_sample=False)")
+        check_float("temperature", lambda t: not self.do_sample or t >= MIN_DIVISOR,
+                    f"must be a number > 0 when sampling (at least {MIN_DIVISOR:g}: smaller ones overflow float32 "
+                    "scores; inf samples uniformly; for greedy decoding use do_sample=False)")
         check_int("top_k", 0, allowed="must be an integer >= 0 and < 2**31 (0 disables top-k)")
         check_float("top_p", lambda p: FLOAT32_TINY <= p <= 1 and math.isfinite(p), "must be in (0, 1] (1.0 "
                     "disables top-p)")
         check_float("min_p", lambda p: 0 <= p <= 1, "must be in [0, 1] or None", optional=True)
-        check_float("repetition_penalty", lambda r: FLOAT32_TINY <= r < math.inf,
-                    "must be a finite number > 0 (1.0 disables it)")
+        check_float("repetition_penalty", lambda r: MIN_DIVISOR <= r < math.inf,
+                    f"must be a finite number > 0 (at least {MIN_DIVISOR:g}; 1.0 disables it)")
         check_int("num_beams", 1)
         check_float("length_penalty", math.isfinite, "must be a finite number (beam score = sum of logprobs / "
                     "length ** length_penalty)")
@@ -184,7 +187,7 @@ class GenerationConfig:
             if not _is_int(x) or x < 0:
                 raise bad(field, "must be a token id (an integer >= 0) or None")
             if x >= vocab_size:
-                raise bad(field, f"is not a token of the model: ids must be in [0, vocab_size={vocab_size}). A "
+                raise bad(field, f"the model has no such token: ids must be in [0, vocab_size={vocab_size}). A "
                           "token added to the tokenizer without resizing the model's embeddings gets such an id; "
                           "use an existing id (e.g. the EOS id) or resize the embeddings "
                           "(model.resize_token_embeddings in transformers) and reconvert")

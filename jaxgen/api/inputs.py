@@ -66,6 +66,14 @@ def check_tokens(config: ModelConfig, input_ids: Any, attention_mask: Any, *,
     return ids.astype(np.int32), mask
 
 
+def to_device(x: np.ndarray):
+    """A host array on the default device with ``device_put`` (``jnp.asarray`` compiles a small program per
+    shape; this compiles nothing)."""
+    import jax
+
+    return jax.device_put(np.ascontiguousarray(x))
+
+
 def model_tokens(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """What the model reads: padded slots hold token 0, a valid embedding row, so whatever id a caller pads with
     (an out-of-vocabulary pad id, -1) can never bring NaN or an out-of-range lookup into real positions."""

@@ -17,7 +17,7 @@ import numpy as np
 from flax import struct
 from jax import Array
 
-from jaxgen.api.inputs import bucket, check_tokens, model_tokens
+from jaxgen.api.inputs import bucket, check_tokens, model_tokens, to_device
 from jaxgen.decode.loop import nonfinite_rows, prompt_positions
 from jaxgen.decode.topk import top_k
 from jaxgen.errors import NonFiniteLogitsError
@@ -121,8 +121,8 @@ def score(model: Model, input_ids: Any, attention_mask: Any = None, top_logprobs
     lp, top_ids, top_lp, bad = (np.asarray(x)[:b, :t] for x in _score(model.graphdef, int(top_logprobs),
                                                                       model.params, ids_b, mask_b))
     _raise_if_nonfinite(bad, model)
-    return ScoreOutput(token_logprobs=jnp.asarray(lp), top_token_ids=jnp.asarray(top_ids),
-                       top_logprobs=jnp.asarray(top_lp), input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask))
+    return ScoreOutput(token_logprobs=to_device(lp), top_token_ids=to_device(top_ids),
+                       top_logprobs=to_device(top_lp), input_ids=to_device(ids), attention_mask=to_device(mask))
 
 
 def forward_logits(model: Model, input_ids: Any, attention_mask: Any = None) -> Array:
@@ -135,4 +135,4 @@ def forward_logits(model: Model, input_ids: Any, attention_mask: Any = None) -> 
     ids_b, mask_b = _bucketed(ids, mask)
     logits = np.asarray(_logits(model.graphdef, model.params, ids_b, mask_b))[:b, :t]
     _raise_if_nonfinite(np.any(np.isnan(logits) | (logits == np.inf), axis=-1) & (mask > 0), model)
-    return jnp.asarray(logits)
+    return to_device(logits)

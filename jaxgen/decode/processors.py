@@ -141,7 +141,10 @@ def _filter_vocabulary(scores: Array, plan: ProcessorPlan, params: ProcessorPara
     if plan.top_k:
         scores = apply_top_k(scores, params.top_k, plan.min_tokens_to_keep)
     if plan.top_p:
-        scores = apply_top_p(scores, params.top_p, plan.min_tokens_to_keep)
+        # top_p = 1.0 is off: skip the whole-vocabulary sort at run time (the filter stays in the program, so
+        # switching top_p on and off does not recompile).
+        scores = jax.lax.cond(params.top_p < 1.0, lambda s: apply_top_p(s, params.top_p, plan.min_tokens_to_keep),
+                              lambda s: s, scores)
     if plan.min_p:
         scores = apply_min_p(scores, params.min_p, plan.min_tokens_to_keep)
     return scores
