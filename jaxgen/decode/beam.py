@@ -106,9 +106,12 @@ def beam_search(step, params, input_ids: Array, mask: Array, cache: KVCache, spe
         cand_scores, flat_idx = top_k(acc, kk)
         parent, token = flat_idx // vocab, (flat_idx % vocab).astype(jnp.int32)
 
-        # Logprob records of each candidate's new token, taken from its parent beam's row.
+        # Logprob records of each candidate's new token, from its parent beam's row: the top-k alternatives are
+        # taken once per beam row ([b*nb, V]) and then gathered, not recomputed for each of the kk candidates.
         parent_rows = (jnp.arange(b)[:, None] * nb + parent).reshape(-1)
-        lp, top_ids, top_lp = token_and_top_logprobs(record[parent_rows], token.reshape(-1), k)
+        lp = record[parent_rows, token.reshape(-1)]
+        _, beam_top_ids, beam_top_lp = token_and_top_logprobs(record, jnp.zeros((rows,), jnp.int32), k)
+        top_ids, top_lp = beam_top_ids[parent_rows], beam_top_lp[parent_rows]
         cand = state.running.take(parent)
         cand = cand.replace(
             tokens=cand.tokens.at[:, :, i].set(token),
