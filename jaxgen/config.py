@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any, Mapping
 
@@ -131,17 +132,74 @@ class ModelConfig:
         return _parse(raw, file)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _require(raw: dict, key: str, source: str, kind: type = int) -> Any:
     if key not in raw or raw[key] is None:
         raise ConfigError(f"{source}: required field '{key}' is missing.")
     value = raw[key]
-    if kind is int and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+    if kind is int and (not _is_int(value) or value <= 0):
         raise ConfigError(f"{source}: field '{key}' must be a positive integer, got {value!r}.")
     return value
 
 
+def _optional_int(raw: Mapping, key: str, source: str, default: int | None = None, minimum: int = 1) -> int | None:
+    """``raw[key]`` as an int >= ``minimum`` (``default`` when absent or null). A float (4096.0), a bool or a string
+    ("4k") is an error: transformers' own configs write plain integers."""
+    value = raw.get(key)
+    if value is None:
+        return default
+    if not _is_int(value) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{source}: field '{key}' must be {kind}, got {value!r}.")
+    return value
+
+
+def _optional_number(raw: Mapping, key: str, source: str) -> float | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not _is_number(value) or not math.isfinite(value):
+        raise ConfigError(f"{source}: field '{key}' must be a finite number, got {value!r}.")
+    return float(value)
+
+
+def _bool(raw: Mapping, key: str, default: bool, source: str) -> bool:
+    # bool("false") is True: a string here would silently turn the option on.
+    value = raw.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(f"{source}: field '{key}' must be true or false, got {value!r}.")
+    return value
+
+
+def _token_id(raw: Mapping, key: str, source: str) -> int | None:
+    value = raw.get(key)
+    if value is not None and not _is_int(value):
+        raise ConfigError(f"{source}: field '{key}' must be a token id (an integer) or null, got {value!r}.")
+    return value
+
+
+def _eos_ids(raw: Mapping, source: str) -> tuple[int, ...]:
+    eos = raw.get("eos_token_id")
+    if eos is None:
+        return ()
+    ids = tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
+    if not all(_is_int(t) for t in ids):
+        raise ConfigError(f"{source}: field 'eos_token_id' must be a token id (an integer) or a list of ids, got "
+                          f"{eos!r}; a token's text such as \"</s>\" is not accepted (give its id).")
+    return ids
+
+
 def _positive_number(value: Any, key: str, source: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+    if not _is_number(value) or not 0 < value < math.inf:
         raise ConfigError(f"{source}: field '{key}' must be a positive number, got {value!r}.")
     return float(value)
 
@@ -149,6 +207,9 @@ def _positive_number(value: Any, key: str, source: str) -> float:
 def _parse_rope(raw: dict, defaults: dict, source: str) -> RopeConfig:
     # 5.x: everything lives in `rope_parameters`; 4.x: `rope_theta` at top level, scaling in `rope_scaling`.
     params = raw.get("rope_parameters")
+    for key in ("rope_parameters", "rope_scaling"):
+        if raw.get(key) is not None and not isinstance(raw[key], Mapping):
+            raise ConfigError(f"{source}: field '{key}' must be an object or null, got {raw[key]!r}.")
     if params is None:
         params = dict(raw.get("rope_scaling") or {})
         params.setdefault("rope_theta", raw.get("rope_theta", defaults["rope_theta"]))
@@ -167,25 +228,32 @@ def _parse_rope(raw: dict, defaults: dict, source: str) -> RopeConfig:
         raise ConfigError(f"{source}: RoPE type '{rope_type}' needs 'factor' in rope_parameters/rope_scaling.")
     if factor is not None:
         factor = _positive_number(factor, "rope factor", source)
-    orig = params.get("original_max_position_embeddings")
+    orig = _optional_int(params, "original_max_position_embeddings", source)
     if rope_type == "llama3":
         for key in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
             if params.get(key) is None:
                 raise ConfigError(f"{source}: RoPE type 'llama3' needs '{key}' in rope_parameters/rope_scaling.")
     if rope_type == "yarn" and orig is None:
         # transformers falls back to max_position_embeddings (after dividing by factor for 4.x checkpoints).
-        orig = raw.get("max_position_embeddings", defaults["max_position_embeddings"])
-    partial = float(params.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0)) or 1.0)
+        orig = _optional_int(raw, "max_position_embeddings", source, defaults["max_position_embeddings"])
+    partial = _optional_number(params, "partial_rotary_factor", source)
+    partial = (partial if partial is not None else _optional_number(raw, "partial_rotary_factor", source)) or 1.0
     if partial != 1.0:
         raise ConfigError(f"{source}: partial_rotary_factor={partial} is not supported (only 1.0).")
     return RopeConfig(
         rope_type=rope_type, theta=theta, factor=factor,
-        low_freq_factor=params.get("low_freq_factor"), high_freq_factor=params.get("high_freq_factor"),
-        original_max_position_embeddings=orig, attention_factor=params.get("attention_factor"),
-        beta_fast=params.get("beta_fast"), beta_slow=params.get("beta_slow"), mscale=params.get("mscale"),
-        mscale_all_dim=params.get("mscale_all_dim"), truncate=bool(params.get("truncate", True)),
+        original_max_position_embeddings=orig, truncate=_bool(params, "truncate", True, source),
         partial_rotary_factor=partial,
+        **{k: _optional_number(params, k, source) for k in ("low_freq_factor", "high_freq_factor", "attention_factor",
+                                                            "beta_fast", "beta_slow", "mscale", "mscale_all_dim")},
     )
+
+
+def _layer_types(raw: dict, source: str) -> tuple[str, ...]:
+    value = raw["layer_types"]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(t, str) for t in value):
+        raise ConfigError(f"{source}: field 'layer_types' must be a list of strings, got {value!r}.")
+    return tuple(value)
 
 
 def _parse(raw: dict, source: str) -> ModelConfig:
@@ -198,11 +266,11 @@ def _parse(raw: dict, source: str) -> ModelConfig:
     heads = _require(raw, "num_attention_heads", source)
     kv_heads = raw.get("num_key_value_heads")
     kv_heads = heads if kv_heads is None else kv_heads
-    if not isinstance(kv_heads, int) or kv_heads <= 0 or heads % kv_heads:
+    if not _is_int(kv_heads) or kv_heads <= 0 or heads % kv_heads:
         raise ConfigError(f"{source}: num_key_value_heads={kv_heads!r} must be a positive divisor of "
                           f"num_attention_heads={heads}.")
-    head_dim = raw.get("head_dim") or hidden // heads
-    if raw.get("head_dim") is None and hidden % heads:
+    head_dim = _optional_int(raw, "head_dim", source, minimum=0) or hidden // heads  # null or 0: hidden / heads
+    if not raw.get("head_dim") and hidden % heads:
         raise ConfigError(f"{source}: hidden_size={hidden} is not divisible by num_attention_heads={heads} "
                           "and no head_dim is given.")
     if head_dim % 2:
@@ -216,20 +284,20 @@ def _parse(raw: dict, source: str) -> ModelConfig:
     # the layers that `layer_types` (5.x) or `max_window_layers` (4.x) marks.
     window = raw.get("sliding_window")
     layer_types: tuple[str, ...] = ()
-    if model_type in ("qwen2", "qwen3") and not raw.get("use_sliding_window", False):
+    if model_type in ("qwen2", "qwen3") and not _bool(raw, "use_sliding_window", False, source):
         window = None
     if window is not None:
-        if not isinstance(window, int) or window <= 0:
+        if not _is_int(window) or window <= 0:
             raise ConfigError(f"{source}: sliding_window must be a positive integer or null, got {window!r}.")
         if raw.get("layer_types"):
-            layer_types = tuple(raw["layer_types"])
+            layer_types = _layer_types(raw, source)
         elif model_type in ("qwen2", "qwen3"):
-            mwl = raw.get("max_window_layers", 28)
+            mwl = _optional_int(raw, "max_window_layers", source, 28, minimum=0)
             layer_types = tuple("sliding_attention" if i >= mwl else "full_attention" for i in range(layers))
         else:
             layer_types = ("sliding_attention",) * layers
     elif raw.get("layer_types") and model_type != "mistral":
-        layer_types = tuple(raw["layer_types"])
+        layer_types = _layer_types(raw, source)
     if layer_types:
         if len(layer_types) != layers:
             raise ConfigError(f"{source}: layer_types has {len(layer_types)} entries, num_hidden_layers={layers}.")
@@ -241,13 +309,16 @@ def _parse(raw: dict, source: str) -> ModelConfig:
     if window is None or "sliding_attention" not in layer_types:
         window, layer_types = None, ()
 
-    attention_bias = bool(raw.get("attention_bias", defaults["attention_bias"]))
+    attention_bias = _bool(raw, "attention_bias", defaults["attention_bias"], source)
     if model_type == "qwen2":
         qkv_bias, o_bias = True, False
     else:
         qkv_bias = o_bias = attention_bias
-    eos = raw.get("eos_token_id")
-    eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
+    eos_ids = _eos_ids(raw, source)
+    dtype = raw.get("dtype", raw.get("torch_dtype"))
+    if dtype is not None and not isinstance(dtype, str):
+        raise ConfigError(f"{source}: field 'dtype' / 'torch_dtype' must be a string such as \"bfloat16\", got "
+                          f"{dtype!r}.")
     vocab = _require(raw, "vocab_size", source)
     return ModelConfig(
         model_type=model_type,
@@ -259,18 +330,19 @@ def _parse(raw: dict, source: str) -> ModelConfig:
         num_key_value_heads=kv_heads,
         head_dim=int(head_dim),
         rms_norm_eps=_positive_number(raw.get("rms_norm_eps", defaults["rms_norm_eps"]), "rms_norm_eps", source),
-        max_position_embeddings=int(raw.get("max_position_embeddings") or defaults["max_position_embeddings"]),
+        max_position_embeddings=_optional_int(raw, "max_position_embeddings", source,
+                                              defaults["max_position_embeddings"]),
         rope=_parse_rope(raw, defaults, source),
-        tie_word_embeddings=bool(raw.get("tie_word_embeddings", defaults["tie_word_embeddings"])),
+        tie_word_embeddings=_bool(raw, "tie_word_embeddings", defaults["tie_word_embeddings"], source),
         qkv_bias=qkv_bias,
         o_bias=o_bias,
-        mlp_bias=bool(raw.get("mlp_bias", defaults["mlp_bias"])),
+        mlp_bias=_bool(raw, "mlp_bias", defaults["mlp_bias"], source),
         qk_norm=model_type == "qwen3",
         sliding_window=window,
         layer_types=layer_types,
         hidden_act=act,
-        bos_token_id=raw.get("bos_token_id"),
+        bos_token_id=_token_id(raw, "bos_token_id", source),
         eos_token_id=eos_ids,
-        pad_token_id=raw.get("pad_token_id"),
-        checkpoint_dtype=raw.get("dtype", raw.get("torch_dtype")),
+        pad_token_id=_token_id(raw, "pad_token_id", source),
+        checkpoint_dtype=dtype,
     )

@@ -6,15 +6,20 @@ import os
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# In-process CLI calls must not write programs into the user's cache; test_cli checks the cache on its own.
+os.environ.setdefault("JAXGEN_COMPILATION_CACHE", "off")
 
 import atexit
 import functools
 import shutil
 import tempfile
 
+import numpy as np
 import pytest
 import torch
 import transformers
+
+import jaxgen
 
 torch.set_num_threads(2)
 
@@ -42,6 +47,11 @@ VARIANTS = {
     "qwen3_qknorm": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=32)),
 }
 FAMILIES = ["llama_gqa", "mistral_window", "qwen2_bias", "qwen3_qknorm"]
+# Built by hf_checkpoint like VARIANTS, but not among the `variant` fixture's params. A vocabulary of 2048 (above
+# 4 x 64) is large enough for sampling's top-k candidate path (jaxgen.decode.processors.candidate_count) and for
+# the per-row CPU top-k (jaxgen.decode.topk, rows of more than 256 entries), which a vocabulary of 128 never takes.
+BIG_VOCAB = "llama_vocab2048"
+EXTRA_CHECKPOINTS = {BIG_VOCAB: ("LlamaConfig", "LlamaForCausalLM", dict(vocab_size=2048))}
 
 _ROOT = tempfile.mkdtemp(prefix="jaxgen-tests-")
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
@@ -50,13 +60,66 @@ atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
 @functools.lru_cache(maxsize=None)
 def hf_checkpoint(variant: str, seed: int = 0, dtype: str = "float32") -> tuple[str, object]:
     """Build (once per session) a tiny random HF model; returns (folder, torch model in eval mode)."""
-    cfg_cls, model_cls, overrides = VARIANTS[variant]
+    cfg_cls, model_cls, overrides = {**VARIANTS, **EXTRA_CHECKPOINTS}[variant]
     config = getattr(transformers, cfg_cls)(**{**BASE, **overrides})
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(config).eval()
     folder = tempfile.mkdtemp(prefix=f"{variant}-{seed}-", dir=_ROOT)
     model.save_pretrained(folder)
     return folder, model
+
+
+@functools.lru_cache(maxsize=None)
+def models(variant: str = "llama_gqa") -> tuple[jaxgen.Model, object]:
+    """(jaxgen float32 model, transformers model) of ``hf_checkpoint(variant)``, loaded once per session."""
+    folder, hf = hf_checkpoint(variant)
+    return jaxgen.load_model(folder, dtype="float32"), hf
+
+
+def left_pad(prompts, pad: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, mask)`` int32 ``[B, T]``: token lists left-padded with ``pad`` to the longest."""
+    t = max(map(len, prompts))
+    ids = np.full((len(prompts), t), pad, np.int32)
+    mask = np.zeros((len(prompts), t), np.int32)
+    for i, p in enumerate(prompts):
+        ids[i, t - len(p):], mask[i, t - len(p):] = p, 1
+    return ids, mask
+
+
+def hf_processors(hf, mask: np.ndarray, prompt_len: int, pad_token_id: int = 0, eos_token_id=2,
+                  **kw) -> transformers.LogitsProcessorList:
+    """transformers' own processor list for a sampling config, as its ``generate`` builds it."""
+    gc = transformers.GenerationConfig(do_sample=True, pad_token_id=pad_token_id, eos_token_id=eos_token_id, **kw)
+    hf._prepare_special_tokens(gc, True, device="cpu")
+    return hf._get_logits_processor(gc, input_ids_seq_length=prompt_len, device="cpu",
+                                    model_kwargs={"attention_mask": torch.tensor(mask, dtype=torch.long)})
+
+
+def teacher_forced_scores(hf, out, ids: np.ndarray, mask: np.ndarray, max_new: int, **kw) -> np.ndarray:
+    """Feed the sequences jaxgen generated in ``out`` from the left-padded prompts ``ids``/``mask`` to transformers:
+    ``float32[rows, max_new, V]``, the log-softmax of its processed scores for the sampling config ``kw`` at each
+    step (-inf where a filter removed a token; NaN after a row's end)."""
+    seq = torch.tensor(np.asarray(out.sequences), dtype=torch.long)
+    rows, t = ids.shape
+    full_mask = torch.cat([torch.tensor(mask, dtype=torch.long), torch.ones((rows, max_new), dtype=torch.long)], 1)
+    positions = (full_mask.cumsum(-1) - 1).masked_fill(full_mask == 0, 1)
+    with torch.no_grad():
+        logits = hf(input_ids=seq, attention_mask=full_mask, position_ids=positions).logits.float()
+    procs = hf_processors(hf, mask, t, **kw)
+    result = np.full((rows, max_new, logits.shape[-1]), np.nan, np.float32)
+    n = np.asarray(out.num_generated)
+    for s in range(int(n.max())):
+        lp = torch.log_softmax(procs(seq[:, :t + s], logits[:, t + s - 1].clone()), -1).numpy()
+        result[:, s] = np.where((s < n)[:, None], lp, np.nan)
+    return result
+
+
+def teacher_forced_logprobs(hf, out, ids: np.ndarray, mask: np.ndarray, max_new: int, **kw) -> np.ndarray:
+    """transformers' processed log-prob of each token jaxgen generated (:func:`teacher_forced_scores` at the
+    chosen tokens): ``float32[rows, max_new]``, NaN after a row's end."""
+    full = teacher_forced_scores(hf, out, ids, mask, max_new, **kw)
+    chosen = np.asarray(out.sequences)[:, ids.shape[1]:ids.shape[1] + max_new]
+    return np.take_along_axis(full, chosen[..., None], axis=-1)[..., 0]
 
 
 @pytest.fixture(params=list(VARIANTS))

@@ -12,38 +12,17 @@ EOS when the pad id is 0; jaxgen always pads with ``pad_token_id``.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import torch
 
 import jaxgen
-from conftest import hf_checkpoint
+from conftest import left_pad, models
 
 PROMPTS = [[5, 9, 17, 33, 4, 88, 21], [7, 8, 9]]
 PAD = 3
 MAX_NEW = 12
 LENGTH_PENALTIES = [0.0, 0.5, 1.0, 2.0]
-
-
-def left_pad(prompts, pad: int) -> tuple[np.ndarray, np.ndarray]:
-    t = max(map(len, prompts))
-    ids = np.full((len(prompts), t), pad, np.int32)
-    mask = np.zeros((len(prompts), t), np.int32)
-    for i, p in enumerate(prompts):
-        ids[i, t - len(p):], mask[i, t - len(p):] = p, 1
-    return ids, mask
-
-
-@functools.lru_cache(maxsize=None)
-def models(variant: str = "llama_gqa"):
-    folder, hf = hf_checkpoint(variant)
-    return jaxgen.load_model(folder, dtype="float32"), hf
-
-
-def cache_size() -> int:
-    return jaxgen.compile_count()  # entries in the jitted decoding program's cache
 
 
 def compare(ids, mask, **kw):
@@ -81,8 +60,8 @@ def test_beam_search_matches_transformers(num_beams, early_stopping, num_return_
         assert out.sequences.shape == (2 * num_return_sequences, ids.shape[1] + MAX_NEW)
         finished_early += int((np.asarray(out.num_generated) < MAX_NEW).sum())
         if i == 0:
-            compiled = cache_size()
-        assert cache_size() == compiled, "changing length_penalty recompiled"
+            compiled = jaxgen.compile_count()
+        assert jaxgen.compile_count() == compiled, "changing length_penalty recompiled"
     assert finished_early > 0, "no hypothesis ended with EOS: the case does not exercise early stopping"
 
 

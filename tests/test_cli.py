@@ -194,11 +194,34 @@ def test_user_mistakes_are_clear_errors(tmp_path, capsys, monkeypatch):
         assert "error:" in err and message in err and "Traceback" not in err, (argv, err)
 
 
-def test_convert_delegates_to_the_converter(tmp_path):
+def test_convert_delegates_to_the_converter(tmp_path, capsys):
     folder, _ = hf_checkpoint("llama_gqa")
     out = tmp_path / "converted"
     assert cli.main(["convert", folder, str(out), "--quiet"]) == 0
     from checkpoints_convert import is_converted
 
     assert is_converted(out)
+    capsys.readouterr()
     assert cli.main(["convert", "--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: jaxgen convert")
+
+
+def test_cli_keeps_compiled_programs_in_a_persistent_cache(tmp_path):
+    """A second `jaxgen generate` finds the first one's programs in the cache folder (JAXGEN_COMPILATION_CACHE)."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "xla"
+    env = dict(os.environ, JAXGEN_COMPILATION_CACHE=str(cache), JAX_PLATFORMS="cpu")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    cmd = [sys.executable, "-m", "jaxgen", "generate", "--json", "--ids", "--max-new-tokens", "4", "--seed", "1",
+           "1,2,3"]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert first.returncode == 0, first.stderr
+    entries = {p.name for p in cache.iterdir()}
+    assert any("_compiled" in name for name in entries), entries
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert second.returncode == 0 and second.stdout == first.stdout
+    off = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                         env=dict(env, JAXGEN_COMPILATION_CACHE="off", XDG_CACHE_HOME=str(tmp_path / "none")))
+    assert off.returncode == 0 and not (tmp_path / "none").exists()

@@ -297,3 +297,40 @@ def test_missing_config_json(tmp_path):
         ModelConfig.from_pretrained(tmp_path)
     with pytest.raises(ConfigError, match="no config.json"):
         ModelConfig.from_pretrained(tmp_path / "does-not-exist")
+
+
+@pytest.mark.parametrize("field,value", [
+    ("eos_token_id", "</s>"), ("eos_token_id", [2, "</s>"]), ("eos_token_id", True), ("eos_token_id", 2.0),
+    ("max_position_embeddings", "4k"), ("max_position_embeddings", 4096.0), ("max_position_embeddings", True),
+    ("hidden_size", 64.0), ("vocab_size", True), ("num_hidden_layers", "3"), ("intermediate_size", 128.5),
+    ("num_key_value_heads", 2.0), ("num_key_value_heads", True), ("head_dim", "16"), ("head_dim", 16.0),
+    ("pad_token_id", "<pad>"), ("bos_token_id", 1.0), ("tie_word_embeddings", "false"), ("mlp_bias", 1),
+    ("attention_bias", "true"), ("rms_norm_eps", float("nan")), ("rms_norm_eps", "1e-6"),
+    ("rope_theta", float("inf")), ("rope_scaling", "linear"), ("torch_dtype", 16), ("layer_types", "full"),
+])
+def test_wrong_types_name_the_file_and_field(tmp_path, field, value):
+    """Strings, floats and bools where config.json needs ints (or the reverse) are errors, never coerced."""
+    raw = {**SMALL, "model_type": "llama", field: value}
+    if field == "layer_types":
+        raw.update(model_type="mistral", sliding_window=4)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ConfigError) as info:
+        ModelConfig.from_pretrained(tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "config.json") in message and field in message, message
+
+
+@pytest.mark.parametrize("extra", [
+    dict(model_type="qwen2", use_sliding_window="yes", sliding_window=4),
+    dict(model_type="qwen2", use_sliding_window=True, sliding_window=True),
+    dict(model_type="qwen2", use_sliding_window=True, sliding_window=4, max_window_layers="1"),
+    dict(model_type="llama", rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor="1",
+                                               high_freq_factor=4.0, original_max_position_embeddings=16)),
+    dict(model_type="llama", rope_scaling=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=64.0)),
+    dict(model_type="llama", rope_scaling=dict(rope_type="linear", factor=2.0), partial_rotary_factor="half"),
+])
+def test_wrong_types_in_nested_and_optional_fields(extra):
+    fields = "use_sliding_window|sliding_window|max_window_layers|low_freq_factor|original_max_position_embeddings|" \
+             "partial_rotary_factor"
+    with pytest.raises(ConfigError, match=f"config.json: (field .)?({fields})"):
+        ModelConfig.from_hf_dict({**SMALL, **extra})

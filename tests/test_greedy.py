@@ -6,33 +6,16 @@ returns ``max_new_tokens`` columns, so the prefix must be equal and the rest pad
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import torch
 
 import jaxgen
-from conftest import FAMILIES, hf_checkpoint
+from conftest import FAMILIES, left_pad, models
 
 # Mixed lengths, left-padded into one batch (the second row has 4 padding tokens).
 PROMPTS = [[5, 9, 17, 33, 4, 88, 21], [7, 8, 9], [40, 41, 42, 43, 44]]
 MAX_NEW = 10
-
-
-def left_pad(prompts, pad: int) -> tuple[np.ndarray, np.ndarray]:
-    t = max(map(len, prompts))
-    ids = np.full((len(prompts), t), pad, np.int32)
-    mask = np.zeros((len(prompts), t), np.int32)
-    for i, p in enumerate(prompts):
-        ids[i, t - len(p):], mask[i, t - len(p):] = p, 1
-    return ids, mask
-
-
-@functools.lru_cache(maxsize=None)
-def models(variant: str):
-    folder, hf = hf_checkpoint(variant)
-    return jaxgen.load_model(folder, dtype="float32"), hf
 
 
 def hf_generate(hf, ids, mask, **kw) -> np.ndarray:

@@ -9,33 +9,16 @@ followed (``beam_indices``). Steps after a row ended hold 0 / -1.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import torch
 
 import jaxgen
-from conftest import hf_checkpoint
+from conftest import left_pad, models
 
 PROMPTS = [[5, 9, 17, 33, 4, 88, 21], [7, 8, 9]]
 PAD, EOS, K, MAX_NEW = 3, 37, 5, 10
 TOL = 1e-4
-
-
-def left_pad(prompts, pad: int) -> tuple[np.ndarray, np.ndarray]:
-    t = max(map(len, prompts))
-    ids = np.full((len(prompts), t), pad, np.int32)
-    mask = np.zeros((len(prompts), t), np.int32)
-    for i, p in enumerate(prompts):
-        ids[i, t - len(p):], mask[i, t - len(p):] = p, 1
-    return ids, mask
-
-
-@functools.lru_cache(maxsize=None)
-def models(variant: str = "llama_gqa"):
-    folder, hf = hf_checkpoint(variant)
-    return jaxgen.load_model(folder, dtype="float32"), hf
 
 
 def run(mode: str, **kw):

@@ -9,18 +9,14 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import transformers
 from scipy import stats
 
 import jaxgen
-from conftest import hf_checkpoint
+from conftest import hf_processors, left_pad, models, teacher_forced_logprobs
 
 # Four left-padded prompts of mixed lengths; the first is longer than 16 tokens, so the batch's bucket (32) differs
 # from that of a short prompt alone (16): a row sees a different amount of padding in and out of the batch.
@@ -34,56 +30,14 @@ CONFIGS = {
 TOL = 1e-4
 
 
-def left_pad(prompts, pad: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    t = max(map(len, prompts))
-    ids = np.full((len(prompts), t), pad, np.int32)
-    mask = np.zeros((len(prompts), t), np.int32)
-    for i, p in enumerate(prompts):
-        ids[i, t - len(p):], mask[i, t - len(p):] = p, 1
-    return ids, mask
-
-
-@functools.lru_cache(maxsize=None)
-def models(variant: str = "llama_gqa"):
-    folder, hf = hf_checkpoint(variant)
-    return jaxgen.load_model(folder, dtype="float32"), hf
-
-
 def sample(ids, mask, key, **kw):
     model, _ = models()
     return jaxgen.generate(model, ids, mask, key=key, do_sample=True, max_new_tokens=MAX_NEW, pad_token_id=0,
                            logprobs_mode="processed", **kw)
 
 
-def hf_processors(hf, mask: np.ndarray, prompt_len: int, **kw) -> transformers.LogitsProcessorList:
-    """transformers' own processor list for this sampling config, as ``generate`` builds it."""
-    gc = transformers.GenerationConfig(do_sample=True, pad_token_id=0, eos_token_id=2, **kw)
-    hf._prepare_special_tokens(gc, True, device="cpu")
-    return hf._get_logits_processor(gc, input_ids_seq_length=prompt_len, device="cpu",
-                                    model_kwargs={"attention_mask": torch.tensor(mask, dtype=torch.long)})
-
-
-def teacher_forced_logprobs(out, ids: np.ndarray, mask: np.ndarray, **kw) -> np.ndarray:
-    """transformers' processed log-prob of each token jaxgen sampled: ``[rows, MAX_NEW]`` (NaN after the end)."""
-    _, hf = models()
-    seq = torch.tensor(np.asarray(out.sequences), dtype=torch.long)
-    rows, t = ids.shape
-    full_mask = torch.cat([torch.tensor(mask, dtype=torch.long), torch.ones((rows, MAX_NEW), dtype=torch.long)], 1)
-    positions = (full_mask.cumsum(-1) - 1).masked_fill(full_mask == 0, 1)
-    with torch.no_grad():
-        logits = hf(input_ids=seq, attention_mask=full_mask, position_ids=positions).logits.float()
-    procs = hf_processors(hf, mask, t, **kw)
-    result = np.full((rows, MAX_NEW), np.nan, np.float32)
-    n = np.asarray(out.num_generated)
-    for s in range(int(n.max())):
-        scores = procs(seq[:, :t + s], logits[:, t + s - 1].clone())
-        lp = torch.log_softmax(scores, -1).gather(1, seq[:, t + s, None])[:, 0].numpy()
-        result[:, s] = np.where(s < n, lp, np.nan)
-    return result
-
-
 def assert_teacher_forced(out, ids, mask, **kw) -> float:
-    expected = teacher_forced_logprobs(out, ids, mask, **kw)
+    expected = teacher_forced_logprobs(models()[1], out, ids, mask, MAX_NEW, **kw)
     ours = np.asarray(out.token_logprobs)
     live = ~np.isnan(expected)
     assert np.isfinite(expected[live]).all(), "jaxgen sampled a token that transformers' processors exclude"

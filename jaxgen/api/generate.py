@@ -35,7 +35,11 @@ def default_generation_config(model: Model) -> GenerationConfig:
     for name in ("pad_token_id", "bos_token_id"):
         if base.get(name) is None and getattr(cfg, name) is not None:
             base[name] = getattr(cfg, name)
-    return GenerationConfig.from_dict(base)
+    try:
+        return GenerationConfig.from_dict(base)
+    except ValueError as e:  # name the file the bad value came from
+        where = f"{model.path}/generation_config.json" if model.path else "the model's generation config"
+        raise ValueError(f"{where}: {e}") from e
 
 
 def resolve_config(model: Model, config: GenerationConfig | None, overrides: dict[str, Any]) -> GenerationConfig:
@@ -113,6 +117,8 @@ def _prepare(model: Model, input_ids: Any, attention_mask: Any, config: Generati
             raise ValueError("the batch is padded but pad_token_id is not set: pass pad_token_id=... (often the "
                              "tokenizer's pad or EOS id).")
         pad = cfg.eos_token_ids[0] if cfg.eos_token_ids else 0
+    if isinstance(stream_every, np.integer):
+        stream_every = int(stream_every)
     if not isinstance(stream_every, int) or isinstance(stream_every, bool) or stream_every < 1:
         raise ValueError(f"stream_every={stream_every!r} is invalid: must be an integer >= 1.")
     r = cfg.num_return_sequences

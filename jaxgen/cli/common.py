@@ -6,13 +6,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
+import math
 import sys
 from typing import Any, Callable, Sequence
 
 from jaxgen.api.generation_config import GenerationConfig
 
 DTYPES = ("float32", "bfloat16", "float16")
+INT32_LIMIT = 2**31  # counts and sizes are int32 in the compiled program
+# jax.random.key keeps only a seed's low 32 bits (without jax_enable_x64): 2**32 would repeat seed 0.
+SEED_LIMIT = 2**32
 
 
 class UserError(Exception):
@@ -24,6 +27,59 @@ class Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2)
+
+
+# --- flag values ---------------------------------------------------------------------------------------------------
+
+def bounded_int(low: int, high: int = INT32_LIMIT, why: str = "") -> Callable[[str], int]:
+    """An argparse ``type``: an integer in [low, high) (plain ``int`` would let 3000000000 reach int32 code)."""
+    shown = "2**31" if high == INT32_LIMIT else "2**32" if high == SEED_LIMIT else str(high)
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value < high:
+            raise argparse.ArgumentTypeError(f"must be >= {low} and < {shown}{why}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+seed_int = bounded_int(0, SEED_LIMIT, " (jax.random.key uses a seed's low 32 bits)")
+
+
+def parse_mesh(text: str) -> tuple[int, int]:
+    """``--mesh DATA,MODEL``: two integers >= 1."""
+    parts = [x.strip() for x in text.split(",")]
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected DATA,MODEL (two integers, e.g. 2,4), got {text!r}")
+    sizes = []
+    for axis, part in zip(("data", "model"), parts):
+        try:
+            size = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"the {axis} axis must be an integer >= 1, got {part!r}") from None
+        if not 1 <= size < INT32_LIMIT:
+            raise argparse.ArgumentTypeError(f"the {axis} axis must be >= 1, got {size}")
+        sizes.append(size)
+    return sizes[0], sizes[1]
+
+
+def json_line(record: Any) -> str:
+    """One JSON line without NaN/Infinity (not JSON; many parsers reject them): non-finite floats become null."""
+    def finite(x: Any) -> Any:
+        if isinstance(x, float):
+            return x if math.isfinite(x) else None
+        if isinstance(x, dict):
+            return {k: finite(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [finite(v) for v in x]
+        return x
+
+    return json.dumps(finite(record), ensure_ascii=False, allow_nan=False)
 
 
 # --- GenerationConfig fields as flags ------------------------------------------------------------------------------
@@ -124,8 +180,8 @@ def read_prompts_file(path: str) -> list[Any]:
             raise UserError(f"prompts file {path} starts like JSON but does not parse: {e}. Give a JSON list of "
                             "strings, or one prompt per line.") from e
         if not isinstance(data, list) or not data or not all(
-                isinstance(p, str) or (isinstance(p, list) and p and all(isinstance(x, int) for x in p))
-                for p in data):
+                isinstance(p, str) or (isinstance(p, list) and p and all(
+                    isinstance(x, int) and not isinstance(x, bool) for x in p)) for p in data):
             raise UserError(f"prompts file {path}: the JSON must be a non-empty list of strings or of token-id "
                             "lists.")
         return data
@@ -160,13 +216,10 @@ def _needs_text(prompts: Sequence[Any]) -> bool:
 def load(args: argparse.Namespace, prompts: Sequence[Any], want_tokenizer: bool = True):
     """The model, and its tokenizer (None where the folder has none and no prompt is text)."""
     import jaxgen
-    from jaxgen.loading import BUNDLED_MODEL
+    from jaxgen.loading import resolve_model_path
     from jaxgen.text.tokenizer import has_tokenizer, load_tokenizer
 
-    folder = args.model or BUNDLED_MODEL
-    if not os.path.isdir(folder):
-        hint = "" if args.model else " (the bundled demo model is missing from this install; pass --model DIR)"
-        raise UserError(f"model folder {folder} does not exist{hint}.")
+    folder = resolve_model_path(args.model)  # a folder, a Hub id in the local cache, or the bundled model
     tokenizer = None
     if _needs_text(prompts) or (want_tokenizer and has_tokenizer(folder)):
         tokenizer = load_tokenizer(folder)  # before the weights: a missing tokenizer fails fast
@@ -178,13 +231,29 @@ def load(args: argparse.Namespace, prompts: Sequence[Any], want_tokenizer: bool 
     if getattr(args, "mesh", None):
         from jaxgen.parallel.sharding import make_mesh
 
-        try:
-            data, model_axis = (int(x) for x in args.mesh.split(","))
-        except ValueError:
-            raise UserError(f"--mesh must be DATA,MODEL (e.g. 2,4), got {args.mesh!r}.") from None
+        data, model_axis = args.mesh if isinstance(args.mesh, tuple) else parse_mesh(args.mesh)
         mesh = make_mesh(data, model_axis)
     model = jaxgen.load_model(folder, dtype=args.dtype, mesh=mesh)
     return model, tokenizer
+
+
+def check_prompts(model, prompts: Sequence[Any], encoded: Sequence[Sequence[int]]) -> None:
+    """Every prompt fits the model (length, token ids), checked before anything runs: a bad prompt late in a
+    prompts file must not fail after earlier results were printed."""
+    context, vocab = model.config.max_position_embeddings, model.config.vocab_size
+    for i, ids in enumerate(encoded):
+        name = f"prompt {i}" + (f" ({_short(prompts[i])})" if len(prompts) > 1 else "")
+        if len(ids) > context:
+            raise UserError(f"{name} has {len(ids)} tokens, longer than the model's context "
+                            f"(max_position_embeddings={context}); shorten it.")
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise UserError(f"{name} has token ids outside [0, vocab_size={vocab}): {bad[:5]}.")
+
+
+def _short(prompt: Any) -> str:
+    text = quote(prompt) if isinstance(prompt, str) else str(prompt)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def quote(text: str | None) -> str:

@@ -1,29 +1,32 @@
-"""``jaxgen generate``: continuations streamed to stdout (or ``--json`` records), the seed on stderr."""
+"""``jaxgen generate``: continuations streamed to stdout (or ``--json`` records), the seed (when sampling) on
+stderr."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import sys
 import threading
 
-from jaxgen.cli.common import UserError, add_common, add_generation_flags, collect_prompts, load, overrides, quote
+from jaxgen.cli.common import (SEED_LIMIT, UserError, add_common, add_generation_flags, bounded_int, check_prompts,
+                               collect_prompts, json_line, load, overrides, parse_mesh, quote, seed_int)
 
 
 def add_parser(sub) -> None:
     g = sub.add_parser("generate", help="generate text (streams to stdout)",
-                       description="Generate continuations; text streams to stdout, the seed goes to stderr.")
+                       description="Generate continuations; text streams to stdout, the seed (when sampling) goes "
+                                   "to stderr.")
     add_common(g)
-    g.add_argument("--seed", type=int, help="sampling seed (default: a random one, printed to stderr)")
-    g.add_argument("--mesh", metavar="DATA,MODEL", help="run on a device mesh, e.g. 2,4 (batch over DATA, tensor "
-                                                         "parallel over MODEL)")
+    g.add_argument("--seed", type=seed_int, help="sampling seed, 0 <= seed < 2**32 (default: a random one, printed to "
+                                                 "stderr when sampling)")
+    g.add_argument("--mesh", metavar="DATA,MODEL", type=parse_mesh,
+                   help="run on a device mesh, e.g. 2,4 (batch over DATA, tensor parallel over MODEL)")
     g.add_argument("--distributed", action="store_true",
                    help="multi-host: call jax.distributed.initialize() first (see README); process 0 prints")
     g.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
-    g.add_argument("--stream-every", "--stream_every", dest="stream_every", type=int, default=4, metavar="K",
-                   help="hand text to the terminal every K tokens (default 4)")
+    g.add_argument("--stream-every", "--stream_every", dest="stream_every", type=bounded_int(1), default=4,
+                   metavar="K", help="hand text to the terminal every K tokens (default 4)")
     add_generation_flags(g)
     g.set_defaults(run=run)
 
@@ -37,25 +40,51 @@ def _print_token_table(tokens, k: int, out) -> None:
         print(f"{tok.ljust(w0)}  {lp:>9}  {alts}", file=out)
 
 
+def _with_tokenizer_pad(cfg, tokenizer, vocab_size: int):
+    """The tokenizer's pad id where the config has none (what generate_text would use), checked now: a pad token
+    added to a tokenizer without resizing the embeddings has an id the model does not have."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if cfg.pad_token_id is not None or pad is None:
+        return cfg
+    if not 0 <= pad < vocab_size:
+        raise UserError(f"the tokenizer's pad token id {pad} is not a token of the model (vocab_size={vocab_size}): "
+                        "it was added to the tokenizer without resizing the embeddings. Pass --pad-token-id with an "
+                        "existing id (e.g. the EOS id), or resize the embeddings and reconvert.")
+    return cfg.replace(pad_token_id=int(pad))
+
+
 def run(args: argparse.Namespace) -> int:
     import jax
 
     from jaxgen.api.generate import resolve_config
     from jaxgen.text.generate_text import generate_text
+    from jaxgen.text.tokenizer import encode_prompts
 
     prompts = collect_prompts(args)
-    if args.stream_every < 1:
-        raise UserError(f"--stream-every must be >= 1, got {args.stream_every}.")
-    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    print(f"seed: {seed}", file=sys.stderr, flush=True)
     model, tokenizer = load(args, prompts)
     cfg = resolve_config(model, None, overrides(args))  # validates every option before anything compiles
-    base = jax.random.key(seed)
+    cfg = _with_tokenizer_pad(cfg, tokenizer, model.config.vocab_size)
+    encoded = encode_prompts(tokenizer, prompts, chat=args.chat)
+    check_prompts(model, prompts, encoded)
+    if cfg.max_new_tokens is None:  # transformers' max_length rule: prompt + new tokens
+        for i, ids in enumerate(encoded):
+            if len(ids) >= cfg.max_length:
+                raise UserError(f"prompt {i} has {len(ids)} tokens, which leaves no room under max_length="
+                                f"{cfg.max_length}; set --max-new-tokens N.")
+    # Greedy and beam search do not use a key: no seed to report or repeat.
+    seed = None
+    if cfg.do_sample:
+        seed = args.seed if args.seed is not None else secrets.randbelow(SEED_LIMIT)
+        print(f"seed: {seed}", file=sys.stderr, flush=True)
+    base = None if seed is None else jax.random.key(seed)
+    echoed = cfg.to_dict()
+    if cfg.max_new_tokens is not None:
+        del echoed["max_length"]  # not used when max_new_tokens is set (transformers' rule)
     out = sys.stdout if jax.process_index() == 0 else open(os.devnull, "w")  # multi-host: process 0 writes
     lock = threading.Lock()
     for i, prompt in enumerate(prompts):
         # Prompt i always samples with fold_in(key(seed), i): the same seed repeats any prompt of the run.
-        key = jax.random.fold_in(base, i)[None]
+        key = None if base is None else jax.random.fold_in(base, i)[None]
         stream = not args.json and tokenizer is not None and cfg.num_return_sequences == 1 and cfg.num_beams == 1
         if not args.json and len(prompts) > 1:
             print(f"=== prompt {i}: {quote(prompt) if isinstance(prompt, str) else prompt}", file=out, flush=True)
@@ -78,13 +107,13 @@ def run(args: argparse.Namespace) -> int:
                                 streamer=streamer if stream else None, stream_every=args.stream_every)
         for r, res in enumerate(results):
             if args.json:
-                record = dict(seed=seed, config=cfg.to_dict(), prompt=res.prompt, **{
+                record = dict(seed=seed, config=echoed, prompt=res.prompt, **{
                     k: v for k, v in res.to_dict().items() if k != "prompt"})
                 if cfg.num_return_sequences > 1:
                     record["sequence_index"] = r
                 if res.sequence_score is not None:
                     record["sequence_score"] = res.sequence_score
-                print(json.dumps(record, ensure_ascii=False), file=out, flush=True)
+                print(json_line(record), file=out, flush=True)
                 continue
             if len(results) > 1:
                 print(f"--- sequence {r}" + (f" (score {res.sequence_score:.4f})" if res.sequence_score is not None

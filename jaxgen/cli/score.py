@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from jaxgen.cli.common import UserError, add_common, collect_prompts, load, quote
+from jaxgen.cli.common import UserError, add_common, bounded_int, check_prompts, collect_prompts, json_line, load, quote
 
 
 def add_parser(sub) -> None:
     s = sub.add_parser("score", help="teacher-forced logprob of every token of a text",
                        description="Score texts: the logprob of every token given the ones before it.")
     add_common(s)
-    s.add_argument("--top-logprobs", "--top_logprobs", dest="top_logprobs", type=int, default=0, metavar="K",
+    s.add_argument("--top-logprobs", "--top_logprobs", dest="top_logprobs", type=bounded_int(0), default=0, metavar="K",
                    help="also show the K most likely tokens at each position")
     s.set_defaults(run=run)
 
@@ -27,11 +26,14 @@ def run(args: argparse.Namespace) -> int:
     from jaxgen.text.tokenizer import encode_prompts
 
     prompts = collect_prompts(args)
-    if args.top_logprobs < 0:
-        raise UserError(f"--top-logprobs must be >= 0, got {args.top_logprobs}.")
     model, tokenizer = load(args, prompts)
+    vocab = model.config.vocab_size
+    if args.top_logprobs > vocab:
+        raise UserError(f"--top-logprobs (top_logprobs={args.top_logprobs}) must be <= the model's vocab_size={vocab}.")
+    encoded = encode_prompts(tokenizer, prompts)
+    check_prompts(model, prompts, encoded)  # every text fits before the first is scored
     text_of = TokenText(tokenizer)
-    for i, (prompt, ids) in enumerate(zip(prompts, encode_prompts(tokenizer, prompts))):
+    for i, (prompt, ids) in enumerate(zip(prompts, encoded)):
         s = score(model, np.asarray([ids]), top_logprobs=args.top_logprobs)
         lps = np.asarray(s.token_logprobs)[0]
         top_ids, top_lps = np.asarray(s.top_token_ids)[0], np.asarray(s.top_logprobs)[0]
@@ -44,8 +46,7 @@ def run(args: argparse.Namespace) -> int:
         total = float(np.nansum(lps))
         count = int(np.sum(~np.isnan(lps)))
         if args.json:
-            print(json.dumps(dict(prompt=prompt, tokens=tokens, total_logprob=total, scored_tokens=count),
-                             ensure_ascii=False), flush=True)
+            print(json_line(dict(prompt=prompt, tokens=tokens, total_logprob=total, scored_tokens=count)), flush=True)
             continue
         if len(prompts) > 1:
             print(f"=== text {i}: {quote(prompt) if isinstance(prompt, str) else prompt}")
