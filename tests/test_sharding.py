@@ -67,3 +67,18 @@ def test_table_is_declarative_and_total():
         spec = param_spec(name, len(shape), MESH_AXES)
         assert len(spec) == len(shape)
     assert len(PARAM_AXES) >= 10
+
+
+def test_cli_mesh_runs_one_prompt_like_one_device():
+    """`jaxgen generate --mesh 2,4` with a single prompt (batch 1 on a data axis of 2) gives one device's tokens."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+               JAXGEN_COMPILATION_CACHE="off")
+    cmd = [sys.executable, "-m", "jaxgen", "generate", "--json", "--seed", "3", "--max-new-tokens", "6",
+           "def fibonacci(n):"]
+    runs = [subprocess.run(cmd + extra, capture_output=True, text=True, env=env, timeout=600)
+            for extra in ([], ["--mesh", "2,4"])]
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-2000:]
+    single, meshed = (json.loads(r.stdout.splitlines()[-1]) for r in runs)
+    assert [t["id"] for t in meshed["tokens"]] == [t["id"] for t in single["tokens"]]
+    assert meshed["text"] == single["text"]
