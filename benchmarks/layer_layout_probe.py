@@ -39,7 +39,8 @@ def rope(x, pos, theta):
     f = pos[..., None].astype(jnp.float32) * inv
     emb = jnp.concatenate([f, f], -1)
     half = d // 2
-    return x * jnp.cos(emb)[:, :, None] + jnp.concatenate([-x[..., half:], x[..., :half]], -1) * jnp.sin(emb)[:, :, None]
+    rot = x * jnp.cos(emb)[:, :, None] + jnp.concatenate([-x[..., half:], x[..., :half]], -1) * jnp.sin(emb)[:, :, None]
+    return rot.astype(x.dtype)  # the float32 angles must not promote bfloat16 activations (cache writes)
 
 
 def layer(w, x, kc, vc, pos, idx, allowed, cfg):
@@ -93,10 +94,11 @@ def generate(W, ids, cfg, n, layout):
     s = t + n
     n_layers = (W["layers"]["q"].shape[0] if layout == "scan" else len(W["layers"]))
     shape = (b, cfg[1], s, cfg[2])
+    dtype = W["embed"].dtype  # float32 on CPU, bfloat16 on an accelerator (benchmarks/gpu_check.py)
     if layout == "scan":
-        kc = vc = jnp.zeros((n_layers,) + shape, jnp.float32)
+        kc = vc = jnp.zeros((n_layers,) + shape, dtype)
     else:
-        kc = vc = [jnp.zeros(shape, jnp.float32) for _ in range(n_layers)]
+        kc = vc = [jnp.zeros(shape, dtype) for _ in range(n_layers)]
     valid = jnp.zeros((b, s), bool).at[:, :t].set(True)
     logits, kc, vc = forward(W, cfg, ids, jnp.broadcast_to(jnp.arange(t), (b, t)), kc, vc, 0, valid, layout)
     out = jnp.zeros((b, n), jnp.int32).at[:, 0].set(jnp.argmax(logits, -1).astype(jnp.int32))
@@ -114,7 +116,8 @@ def generate(W, ids, cfg, n, layout):
 def weights(model, layout):
     import jax
     import jax.numpy as jnp
-    p = {".".join(map(str, k)): v.get_value() for k, v in model.params.flat_state()}
+    p = {".".join(map(str, k)): v.get_value() if hasattr(v, "get_value") else v.value
+         for k, v in model.params.flat_state()}
     names = dict(ln1="input_layernorm.weight", q="self_attn.q_proj.kernel", k="self_attn.k_proj.kernel",
                  v="self_attn.v_proj.kernel", o="self_attn.o_proj.kernel", ln2="post_attention_layernorm.weight",
                  gate="mlp.gate_proj.kernel", up="mlp.up_proj.kernel", down="mlp.down_proj.kernel")
@@ -137,7 +140,7 @@ def main() -> None:
     import jax
     import numpy as np
     import jaxgen
-    from bench_generate import MODEL_SPECS, build_random_model
+    from harness.models import MODEL_SPECS, build_random_model
 
     path = args.model
     if path in MODEL_SPECS:

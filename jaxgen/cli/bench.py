@@ -88,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
     itemsize = np.dtype(jg.model.dtype).itemsize
     res = dict(model=path, dtype=dtype, max_new_tokens=n, rounds=args.rounds, device=M.device_info(),
                versions=M.versions(), floor=floor, param_bytes=pbytes, num_params=jg.model.num_params(),
-               transformers=hf is not None, transformers_note=hf_note, results=[])
+               transformers=hf is not None, transformers_note=hf_note,
+               # The CLI turns JAX's persistent cache on: compile_s is a cold compile only when it was empty.
+               compilation_cache=jax.config.jax_compilation_cache_dir or None, results=[])
     calls = len(modes) * len(batches) * (args.rounds + 1) * (4 if hf else 2)
     bar = tqdm(total=calls, desc="jaxgen bench", unit="call", file=sys.stderr, disable=None, leave=False)
     for mode in modes:
@@ -143,6 +145,8 @@ def _print_table(res: dict) -> None:
           f"({dev['cores']} cores); {res['max_new_tokens']} new tokens, median of {res['rounds']} rounds")
     print(f"floor: read bandwidth {f['bandwidth_GBps']:.1f} GB/s, matmul {f['matmul_GFLOPs']:.0f} GFLOP/s; "
           f"a step reads {pb['per_step'] / 1e6:.1f} MB of weights plus the KV cache")
+    if res.get("compilation_cache"):
+        print(f"compile s: with the persistent cache {res['compilation_cache']} (JAXGEN_COMPILATION_CACHE=off: cold)")
     if not res["transformers"]:
         print(f"transformers: not run ({res['transformers_note']})")
     hdr = (f"{'mode':<9} {'batch':>5} {'jaxgen tok/s':>12} {'HF tok/s':>9} {'ratio':>6} {'TTFT ms jg/HF':>14} "

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from tqdm import tqdm
 
 from checkpoints_convert.export import save_hf_safetensors
 from jaxgen.config import ModelConfig
@@ -231,7 +232,7 @@ def save_model(out: str, hf_cfg, config: ModelConfig, tokenizer, params, save_dt
     hf_cfg.dtype = save_dtype
     hf_cfg.save_pretrained(out)
     # The converter's own table, read backwards, names and lays out the tensors as transformers expects.
-    by_name = {".".join(map(str, path)): np.asarray(leaf[...]) for path, leaf in params.flat_state()}
+    by_name = {".".join(map(str, path)): np.asarray(leaf[...]) for path, leaf in nnx.to_flat_state(params)}
     save_hf_safetensors(os.path.join(out, "model.safetensors"), config, by_name, save_dtype)
     tokenizer.save_pretrained(out)
     # transformers 5 writes its own class name, which 4.x cannot resolve; the 4.x name loads in both.
@@ -375,34 +376,33 @@ def train(out: str, h: Hyper, stdlib: str, plot_path: str | None, save_dtype: st
     tokens_per_step = h.batch_size * h.seq_len
     train_curve, held_curve, window_losses = [], [], []
     t_train = time.time()
-    t_timed, timed_steps = None, 0
     print(f"training: {h.steps} steps x {h.batch_size} x {h.seq_len} tokens "
           f"({h.steps * tokens_per_step / len(train_stream):.2f} epochs), peak lr {h.learning_rate}", flush=True)
-    for step in range(1, h.steps + 1):
+    # tqdm shows the rate and time left; the loss goes into its postfix and, every log_every steps, a line of its own.
+    t_timed = t_train
+    bar = tqdm(range(1, h.steps + 1), desc="training", unit="step", dynamic_ncols=True, mininterval=2.0)
+    for step in bar:
         starts = rng.integers(0, max_start + 1, size=h.batch_size)
         batch = train_stream[starts[:, None] + np.arange(h.seq_len + 1)[None, :]]
         params, opt_state, loss, gnorm = train_step(params, opt_state, jnp.asarray(batch))
         window_losses.append(loss)
         if step == 1:
             loss.block_until_ready()
-            t_timed = time.time()  # tokens/s and ETA leave out the first step's compilation
-            print(f"step 1 compiled and ran in {t_timed - t_train:.1f} s", flush=True)
-        else:
-            timed_steps += 1
+            t_timed = time.time()  # tokens/s leaves out the first step's compilation
+            bar.write(f"step 1 compiled and ran in {t_timed - t_train:.1f} s")
         if step % h.log_every == 0 or step == h.steps:
             mean = float(np.mean([float(x) for x in window_losses]))
             window_losses = []
             train_curve.append([step, round(mean, 4)])
-            rate = timed_steps * tokens_per_step / max(time.time() - t_timed, 1e-9)
-            eta = (h.steps - step) * tokens_per_step / max(rate, 1e-9)
-            print(f"step {step:5d}/{h.steps}  loss {mean:.4f}  grad-norm {float(gnorm):.2f}  lr {schedule(step):.2e}  "
-                  f"{rate:,.0f} tokens/s  elapsed {_fmt_time(time.time() - t_train)}  ETA {_fmt_time(eta)}",
-                  flush=True)
+            bar.set_postfix(loss=f"{mean:.4f}", lr=f"{schedule(step):.2e}")
+            bar.write(f"step {step:5d}/{h.steps}  loss {mean:.4f}  grad-norm {float(gnorm):.2f}  "
+                      f"lr {schedule(step):.2e}  elapsed {_fmt_time(time.time() - t_train)}")
         if step % h.eval_every == 0 or step == h.steps:
             held = mean_nll(params, eval_windows, h.batch_size)
             held_curve.append([step, round(held, 4)])
-            print(f"step {step:5d}  held-out loss {held:.4f} (ppl {math.exp(held):.1f}, {len(eval_windows)} windows)",
-                  flush=True)
+            bar.write(f"step {step:5d}  held-out loss {held:.4f} (ppl {math.exp(held):.1f}, "
+                      f"{len(eval_windows)} windows)")
+    bar.close()
     train_time = time.time() - t_train
 
     save_model(out, hf_cfg, config, tokenizer, params, save_dtype)
@@ -435,7 +435,7 @@ def train(out: str, h: Hyper, stdlib: str, plot_path: str | None, save_dtype: st
                     heldout_eval_tokens=int(held_windows[:, 1:].size),
                     skipped_dirs=sorted(SKIP_DIRS)),
         train_time_s=round(train_time, 1), total_time_s=None, tokens_per_s=round(
-            timed_steps * tokens_per_step / max(train_time - (t_timed - t_train), 1e-9), 1),
+            (h.steps - 1) * tokens_per_step / max(train_time - (t_timed - t_train), 1e-9), 1),
         heldout_loss=round(held_loss, 5), heldout_perplexity=round(math.exp(held_loss), 3),
         unigram_heldout_loss=round(uni_loss, 5), unigram_heldout_perplexity=round(math.exp(uni_loss), 3),
         test_slice=dict(windows=h.test_slice_windows, seq_len=h.seq_len, loss=round(slice_loss, 5),
