@@ -219,23 +219,33 @@ class Checkpoint:
         return iter(self.tensors)
 
 
+def _check_placement(tensors: dict, name: str, file: str, weight_map: dict[str, str] | None, index: str) -> None:
+    """A tensor is stored once, in the file the index (if any) says."""
+    if name in tensors:
+        raise _fail(file, name, f"also stored in {tensors[name].file}; which copy to use is ambiguous")
+    if weight_map is not None and weight_map.get(name) != os.path.basename(file):
+        raise _fail(index, name, f"is in {os.path.basename(file)} but the index maps it to "
+                                 f"{weight_map.get(name)!r}")
+
+
+def _check_index_complete(tensors: dict, weight_map: dict[str, str] | None, index: str) -> None:
+    """Every tensor the index lists was found in its file."""
+    if weight_map is not None:
+        absent = sorted(set(weight_map) - set(tensors))
+        if absent:
+            raise _fail(index, absent[0], f"is listed in the index but absent from {weight_map[absent[0]]} "
+                                          f"({len(absent)} such tensors)")
+
+
 def open_safetensors(files: list[str], folder: str, weight_map: dict[str, str] | None = None,
                      index: str | None = None) -> Checkpoint:
     """A :class:`Checkpoint` over ``.safetensors`` files, checked against an index's ``weight_map`` if given."""
     tensors: dict[str, TensorInfo] = {}
     for file in files:
         for name, info in read_safetensors_header(file).items():
-            if name in tensors:
-                raise _fail(file, name, f"also stored in {tensors[name].file}; which copy to use is ambiguous")
-            if weight_map is not None and weight_map.get(name) != os.path.basename(file):
-                raise _fail(index or folder, name, f"is in {os.path.basename(file)} but the index maps it to "
-                                                   f"{weight_map.get(name)!r}")
+            _check_placement(tensors, name, file, weight_map, index or folder)
             tensors[name] = info
-    if weight_map is not None:
-        absent = sorted(set(weight_map) - set(tensors))
-        if absent:
-            raise _fail(index or folder, absent[0], f"is listed in the index but absent from "
-                                                    f"{weight_map[absent[0]]} ({len(absent)} such tensors)")
+    _check_index_complete(tensors, weight_map, index or folder)
     return Checkpoint(folder, tensors, "safetensors")
 
 
@@ -288,19 +298,11 @@ def open_torch(files: list[str], folder: str, weight_map: dict[str, str] | None 
         if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
             raise _fail(file, None, "does not hold a flat {name: tensor} state dict")
         for name, t in sd.items():
-            if name in tensors:
-                raise _fail(file, name, f"also stored in {tensors[name].file}; which copy to use is ambiguous")
-            if weight_map is not None and weight_map.get(name) != os.path.basename(file):
-                raise _fail(index or folder, name, f"is in {os.path.basename(file)} but the index maps it to "
-                                                   f"{weight_map.get(name)!r}")
+            _check_placement(tensors, name, file, weight_map, index or folder)
             dtype = _torch_dtype(t, file, name)
             tensors[name] = TensorInfo(name, file, dtype, tuple(t.shape), -1, t.numel() * dtype.itemsize)
         state[file] = sd
-    if weight_map is not None:
-        absent = sorted(set(weight_map) - set(tensors))
-        if absent:
-            raise _fail(index or folder, absent[0], f"is listed in the index but absent from "
-                                                    f"{weight_map[absent[0]]} ({len(absent)} such tensors)")
+    _check_index_complete(tensors, weight_map, index or folder)
     return Checkpoint(folder, tensors, "pytorch", state)
 
 

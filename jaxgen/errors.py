@@ -26,3 +26,21 @@ class NonFiniteLogitsError(GenerationError, FloatingPointError):
     def __init__(self, message: str, row: int, step: int):
         super().__init__(message)
         self.row, self.step = row, step
+
+
+def read_json_object(file: str, error: type[JaxgenError], what: str = "settings") -> dict:
+    """``file`` parsed as a JSON object; anything else (invalid JSON, an array, a string...) raises ``error``
+    naming the file."""
+    import json
+
+    try:
+        with open(file, encoding="utf-8") as f:
+            value = json.load(f)
+    except json.JSONDecodeError as e:
+        raise error(f"{file}: not valid JSON ({e}); fix or re-save it.") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{file}: cannot be read ({e}).") from e
+    if not isinstance(value, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+        raise error(f"{file}: holds {kind}, not a JSON object of {what}; fix or re-save it.")
+    return value

@@ -3,13 +3,12 @@ cache -> :class:`jaxgen.model.Model`."""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import jax.numpy as jnp
 
-from jaxgen.errors import CheckpointError
+from jaxgen.errors import CheckpointError, read_json_object
 from jaxgen.model import Model, model_from_arrays
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -93,16 +92,7 @@ def _generation_config(path: str) -> dict[str, Any] | None:
     gen_file = os.path.join(path, "generation_config.json")
     if not os.path.isfile(gen_file):
         return None
-    try:
-        with open(gen_file) as f:
-            value = json.load(f)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{gen_file}: not valid JSON ({e}); fix or delete it.") from e
-    if not isinstance(value, dict):
-        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
-        raise CheckpointError(f"{gen_file}: holds {kind}, not a JSON object of generation settings "
-                              '({"max_new_tokens": ..., ...}); fix or delete it.')
-    return value
+    return read_json_object(gen_file, CheckpointError, 'generation settings ({"max_new_tokens": ..., ...})')
 
 
 def load_model(path: str | os.PathLike | None = None, dtype: Any = "float32", param_dtype: Any = None,

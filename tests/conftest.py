@@ -45,6 +45,9 @@ VARIANTS = {
     "qwen2_window": ("Qwen2Config", "Qwen2ForCausalLM", dict(use_sliding_window=True, sliding_window=4,
                                                              max_window_layers=1)),
     "qwen3_qknorm": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=32)),
+    # Families beyond the Llama line (tests/test_families.py has their focused checks). GPT-2: learned positions,
+    # LayerNorm, fused c_attn split at conversion, tied head.
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_inner=128)),
 }
 FAMILIES = ["llama_gqa", "mistral_window", "qwen2_bias", "qwen3_qknorm"]
 # Built by hf_checkpoint like VARIANTS, but not among the `variant` fixture's params. A vocabulary of 2048 (above

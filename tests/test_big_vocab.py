@@ -56,9 +56,12 @@ def test_top_k_candidate_sampling_matches_transformers(seed):
     np.testing.assert_array_equal(np.asarray(out.top_token_ids), order)
     np.testing.assert_allclose(np.asarray(out.top_logprobs), np.take_along_axis(expected, order, -1), rtol=0,
                                atol=TOL)
-    # Both filters act: top-k alone decides some steps (50 kept), top-p cuts inside the 50 at others.
+    # Both filters act: top-k changes the kept set (top-p alone would keep more than 50 tokens at some step) and
+    # top-p cuts inside the 50.
     kept = np.isfinite(expected).sum(-1)
-    assert (kept <= 50).all() and (kept == 50).any() and ((kept > 1) & (kept < 50)).any(), kept
+    without_top_k = teacher_forced_scores(hf, out, ids, mask, MAX_NEW, pad_token_id=PAD, eos_token_id=None,
+                                          **{**SAMPLING, "top_k": 0})
+    assert (np.isfinite(without_top_k).sum(-1) > 50).any() and (kept > 1).all() and (kept < 50).any(), kept
 
     # Shared uniforms: transformers' own generate(do_sample=True) draws jaxgen's tokens.
     kwargs, sampler = sampling_kwargs(uniforms_for(out.keys, MAX_NEW), ids.shape[1], **SAMPLING)

@@ -3,7 +3,6 @@ anything is compiled (the compiled program's cache does not grow)."""
 
 from __future__ import annotations
 
-import functools
 import re
 
 import jax
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 
 import jaxgen
-from conftest import BASE, hf_checkpoint
+from conftest import BASE, models
 
 VOCAB = BASE["vocab_size"]
 CONTEXT = BASE["max_position_embeddings"]
@@ -20,26 +19,20 @@ IDS = np.array([[5, 9, 17, 33], [0, 0, 7, 8]], np.int32)
 MASK = np.array([[1, 1, 1, 1], [0, 0, 1, 1]], np.int32)
 
 
-@functools.lru_cache(maxsize=None)
 def model():
-    folder, _ = hf_checkpoint("llama_gqa")
-    return jaxgen.load_model(folder, dtype="float32")
-
-
-def cache_size() -> int:
-    return jaxgen.compile_count()  # entries in the jitted decoding program's cache
+    return models("llama_gqa")[0]
 
 
 def raises(*patterns: str, ids=IDS, mask=MASK, **kw) -> None:
     """``generate`` raises ValueError whose message contains every pattern (regex); nothing was compiled."""
-    before = cache_size()
+    before = jaxgen.compile_count()
     kw.setdefault("max_new_tokens", 4)
     with pytest.raises(ValueError) as err:
         jaxgen.generate(model(), ids, mask, **kw)
     message = str(err.value)
     for p in patterns:
         assert re.search(p, message), f"{p!r} not in {message!r}"
-    assert cache_size() == before, "compiled before rejecting the input"
+    assert jaxgen.compile_count() == before, "compiled before rejecting the input"
 
 
 def test_num_return_sequences_above_num_beams():

@@ -122,7 +122,8 @@ def jax_model(variant: str, dtype: str = "float32"):
 
 
 def is_dynamic(variant: str) -> bool:
-    return hf_model(variant).config.rope_parameters.get("rope_type") == "dynamic"
+    rope = getattr(hf_model(variant).config, "rope_parameters", None) or {}  # GPT-2 has none
+    return rope.get("rope_type") == "dynamic"
 
 
 def long_tensor(a) -> torch.Tensor:

@@ -5,26 +5,19 @@ program. Counted twice: the jitted function's cache, and XLA backend compilation
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import jax
 import jax.monitoring
 import numpy as np
 
 import jaxgen
-from conftest import hf_checkpoint
+from conftest import models
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
 
-@functools.lru_cache(maxsize=None)
 def model():
-    folder, _ = hf_checkpoint("llama_gqa")
-    return jaxgen.load_model(folder, dtype="float32")
-
-
-def cache_size() -> int:
-    return jaxgen.compile_count()  # entries in the jitted decoding program's cache
+    return models("llama_gqa")[0]
 
 
 @contextlib.contextmanager
@@ -59,11 +52,11 @@ def test_new_prompt_lengths_and_sampling_values_do_not_recompile():
     filters = dict(temperature=0.8, top_k=20, top_p=0.9, min_p=0.05, repetition_penalty=1.2, min_new_tokens=2)
     common = dict(do_sample=True, pad_token_id=0, logprobs_mode="processed")
     ids, mask = prompts([18, 3, 5, 3], seed=0)
-    before = cache_size()
+    before = jaxgen.compile_count()
     with count_compiles() as compiles:
         first = jaxgen.generate(model(), ids, mask, key=jax.random.key(0), max_new_tokens=12, **common, **filters)
     assert first.sequences.shape == (4, 18 + 12)
-    compiled = cache_size()
+    compiled = jaxgen.compile_count()
     # guard for the guard: both counters agree on the first call (1 compilation, or 0 if an earlier test in this
     # process compiled the same program)
     assert len(compiles) == compiled - before and compiles in ([], ["jit(_compiled)"])
@@ -83,7 +76,7 @@ def test_new_prompt_lengths_and_sampling_values_do_not_recompile():
             ids, mask = prompts(lengths, seed=i + 1)
             out = jaxgen.generate(model(), ids, mask, key=jax.random.key(i), **common, **call)
             assert out.sequences.shape == (4, max(lengths) + call["max_new_tokens"])
-            assert cache_size() == compiled, f"call {i} ({lengths}, {call}) recompiled"
+            assert jaxgen.compile_count() == compiled, f"call {i} ({lengths}, {call}) recompiled"
     assert compiles == [], compiles
 
 
