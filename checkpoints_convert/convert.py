@@ -52,13 +52,15 @@ _SHOW = 4  # how many offending names an error message lists before "and N more"
 
 @dataclasses.dataclass(frozen=True)
 class Item:
-    """One planned output parameter: its source tensor, jaxgen name, transform and output dtype/shape."""
+    """One planned output parameter: its source tensor, jaxgen name, transform and output dtype/shape; ``part``:
+    ``(axis, start, stop)`` of the source when it is one of several parameters fused in one tensor."""
 
     source: TensorInfo
     target: str
     transform: str
     dtype: np.dtype
     shape: tuple[int, ...]
+    part: tuple[int, int, int] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -118,17 +120,17 @@ def plan_conversion(ckpt: Checkpoint, config: ModelConfig, dtype: np.dtype | Non
         if config.tie_word_embeddings and info.name == tables.TIED_HEAD_KEY:
             tied_copy = info
             continue
-        mapped = tables.map_key(config.model_type, info.name)
-        if mapped is None or mapped[0] not in expected:
+        planned = tables.plan_key(config.model_type, info.name, expected)
+        if planned is None:
             unknown.append(info.name)
             continue
-        target, transform = mapped
-        if target in targets:  # cannot happen with a well-formed table; guards one being edited
-            raise CheckpointError(f"{where}: two tensors map to jaxgen parameter {target}; one is {info.name}.")
-        targets.add(target)
-        want = expected[target]
-        if tables.SHAPE_OF[transform](info.shape) != want:
-            want_src = tables.SHAPE_OF[transform](want)  # the transforms used here are their own inverses
+        pieces, want_src = planned  # a fused tensor (GPT-2 c_attn, Phi-3 qkv_proj) becomes several parameters
+        for piece in pieces:
+            if piece.target in targets:  # cannot happen with a well-formed table; guards one being edited
+                raise CheckpointError(f"{where}: two tensors map to jaxgen parameter {piece.target}; one is "
+                                      f"{info.name}.")
+            targets.add(piece.target)
+        if info.shape != want_src:
             shape_errors.append(f"tensor '{info.name}' in {os.path.basename(info.file)} has shape {info.shape}, "
                                 f"but config.json implies {want_src}{_shape_hint(config, info.shape, want_src)}")
             continue
@@ -136,7 +138,7 @@ def plan_conversion(ckpt: Checkpoint, config: ModelConfig, dtype: np.dtype | Non
             raise CheckpointError(f"{info.file}: tensor '{info.name}' has dtype {info.dtype}; jaxgen converts "
                                   "float32/float16/bfloat16/float64 weights only (quantized and float8 checkpoints "
                                   "are not supported).")
-        items.append(Item(info, target, transform, dtype or info.dtype, want))
+        items += [Item(info, p.target, p.transform, dtype or info.dtype, expected[p.target], p.part) for p in pieces]
 
     missing = sorted(set(expected) - targets)
     if unknown or missing:
@@ -157,12 +159,12 @@ def plan_conversion(ckpt: Checkpoint, config: ModelConfig, dtype: np.dtype | Non
         raise CheckpointError(f"{where}: the weights disagree with config.json: {shape_errors[0]}{more}. Use the "
                               "config.json that came with these weights, or re-download a damaged file.")
     if tied_copy is not None:
-        _check_tied_copy(ckpt, tied_copy)
+        _check_tied_copy(ckpt, tied_copy, tables.embed_key(config.model_type, ckpt.tensors) or tables.EMBED_KEY)
     return items
 
 
-def _check_tied_copy(ckpt: Checkpoint, head: TensorInfo) -> None:
-    embed = ckpt.tensors[tables.EMBED_KEY]
+def _check_tied_copy(ckpt: Checkpoint, head: TensorInfo, embed_key: str) -> None:
+    embed = ckpt.tensors[embed_key]
     same = head.shape == embed.shape
     if same:
         a, b = ckpt.read(head.name), ckpt.read(embed.name)
@@ -175,7 +177,8 @@ def _check_tied_copy(ckpt: Checkpoint, head: TensorInfo) -> None:
 
 def _produce(ckpt: Checkpoint, item: Item) -> np.ndarray:
     x = ckpt.read(item.source.name)
-    transform = tables.TRANSFORMS[item.transform]
+    piece = tables.Piece(item.target, item.transform, item.part)
+    transform = lambda a: tables.cut(a, piece)  # noqa: E731 (the part, if any, then the named transform)
     # Casts commute with the transforms; narrowing first keeps the transform's copy small.
     if item.dtype.itemsize < x.dtype.itemsize:
         x = transform(x.astype(item.dtype))

@@ -52,15 +52,21 @@ def save_hf_safetensors(path: str | os.PathLike, config: ModelConfig, params_by_
         raise ValueError(f"dtype must be None (keep each array's) or one of {', '.join(DTYPES)}; got {dtype!r}.")
     cast = DTYPES[dtype] if isinstance(dtype, str) else (None if dtype is None else np.dtype(dtype))
     layout = hf_layout(config, params_by_name)
-    order = sorted(layout, key=lambda name: layout[name][0])
-    out_dtype = {n: cast or np.asarray(params_by_name[n]).dtype for n in order}
-    specs = [(layout[n][0], out_dtype[n], tables.SHAPE_OF[layout[n][1]](tuple(np.shape(params_by_name[n]))))
-             for n in order]
+    # One HF tensor per key; a fused one (GPT-2 c_attn, Phi-3 qkv_proj) joins its parts in the table's order.
+    groups = {key: tables.merge_order(config.model_type, key) for key in sorted({k for k, _ in layout.values()})}
+    hf_shape = lambda n: tables.SHAPE_OF[layout[n][1]](tuple(np.shape(params_by_name[n])))  # noqa: E731
+    specs = []
+    for key, (names, axis) in groups.items():
+        shape = hf_shape(names[0])
+        if len(names) > 1:
+            shape = shape[:axis] + (sum(hf_shape(n)[axis] for n in names),) + shape[axis + 1:]
+        specs.append((key, cast or np.asarray(params_by_name[names[0]]).dtype, shape))
 
     def arrays():
-        for n in order:
-            x = tables.TRANSFORMS[layout[n][1]](np.asarray(params_by_name[n]))
-            yield np.ascontiguousarray(x.astype(out_dtype[n], copy=False))
+        for (key, dtype, _), (names, axis) in zip(specs, groups.values()):
+            parts = [tables.TRANSFORMS[layout[n][1]](np.asarray(params_by_name[n])).astype(dtype, copy=False)
+                     for n in names]
+            yield np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis))
 
     with atomic_file(os.fspath(path)) as tmp:
         write_safetensors(tmp, specs, arrays(), HF_METADATA)

@@ -1,20 +1,21 @@
 """Per-family tables between Hugging Face state-dict keys and jaxgen parameter names, with named transforms.
 
-jaxgen's modules mirror transformers' attribute names, so a rule is a module path and a leaf rename
-(``weight`` -> ``kernel`` / ``embedding``), plus a transform: linear weights go from torch's ``[out, in]`` to
-flax's ``[in, out]``. The same rules read backwards give the export direction (jaxgen name -> HF key).
+A :class:`Rule` pairs an HF key template with one jaxgen name template (``{i}`` is a layer index; other slots are
+the alternatives in ``SLOTS``), plus a transform: linear weights go from torch's ``[out, in]`` to flax's
+``[in, out]``. A rule with several names is a split: the HF tensor is the concatenation of those parameters (in
+HF layout) along ``axis`` (GPT-2's ``c_attn``, Phi-3's ``qkv_proj`` and ``gate_up_proj``), so every jaxgen
+parameter is one unfused tensor and a tensor-parallel slice never cuts across fused blocks. The part sizes come
+from the config's shape table, and the whole tensor must be exactly their concatenation. The same rules read
+backwards give the export direction (jaxgen names -> HF key, parts merged).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
-
-_LAYER = r"model\.layers\.\d+"
-_LINEAR = rf"{_LAYER}\.(?:self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj)"
 
 
 def identity(x: np.ndarray) -> np.ndarray:
@@ -35,71 +36,200 @@ SHAPE_OF: dict[str, Callable[[tuple[int, ...]], tuple[int, ...]]] = {
 # The transform that undoes each one (for export). Both used today are their own inverses.
 INVERSE: dict[str, str] = {"identity": "identity", "transpose": "transpose"}
 
+# What each template slot may stand for.
+SLOTS: dict[str, str] = {
+    "i": r"\d+",
+    "attn": r"[qkvo]_proj",
+    "mlp": r"(?:gate|up|down)_proj",
+    "norm": r"input_layernorm|post_attention_layernorm|pre_feedforward_layernorm|post_feedforward_layernorm",
+    "qk": r"[qk]_norm",
+    "leaf": r"weight|bias",
+    # GPT2LMHeadModel saves "transformer.h.0..."; the Hub's original GPT-2 files (GPT2Model) have no prefix.
+    "gpt2": r"(?:transformer\.)?",
+}
+# A slot an HF template has but the jaxgen name does not: the value export writes.
+SLOT_DEFAULTS: dict[str, str] = {"gpt2": "transformer."}
+
+
+def _compile(template: str) -> re.Pattern:
+    parts = re.split(r"\{(\w+)\}", template)  # literal, slot, literal, slot, ...
+    return re.compile("".join(re.escape(p) if k % 2 == 0 else f"(?P<{p}>{SLOTS[p]})" for k, p in enumerate(parts)))
+
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """HF key ``M.hf_leaf`` <-> jaxgen name ``M.leaf`` for every module path ``M`` that fully matches ``module``;
-    ``transform`` turns the HF tensor into jaxgen's, ``INVERSE[transform]`` turns it back."""
+    """HF key ``hf`` <-> jaxgen name(s) ``names``; ``transform`` turns the HF tensor (each part of it, for a split
+    along ``axis``) into jaxgen's, ``INVERSE[transform]`` turns it back."""
 
-    module: str
-    hf_leaf: str
-    leaf: str
+    hf: str
+    names: tuple[str, ...] | str
     transform: str
+    axis: int = 0
     hf_pattern: re.Pattern = dataclasses.field(init=False, repr=False, compare=False)
-    pattern: re.Pattern = dataclasses.field(init=False, repr=False, compare=False)
+    patterns: tuple[re.Pattern, ...] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         assert self.transform in TRANSFORMS and self.transform in INVERSE, self.transform
-        # Frozen: the compiled patterns are derived once, here.
-        object.__setattr__(self, "hf_pattern", re.compile(rf"({self.module})\.{re.escape(self.hf_leaf)}"))
-        object.__setattr__(self, "pattern", re.compile(rf"({self.module})\.{re.escape(self.leaf)}"))
+        # Frozen: the normalised names and compiled patterns are derived once, here.
+        if isinstance(self.names, str):
+            object.__setattr__(self, "names", (self.names,))
+        object.__setattr__(self, "hf_pattern", _compile(self.hf))
+        object.__setattr__(self, "patterns", tuple(_compile(n) for n in self.names))
 
 
-# Llama, Mistral, Qwen2 and Qwen3 share one layout; biases and q/k norms exist only where the config says so,
-# which the shape check against `shapes.param_shapes(config)` enforces (an unexpected bias is an unused tensor).
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    """One jaxgen parameter cut from an HF tensor: ``part = (axis, start, stop)`` of it (None: all of it), then
+    ``transform``."""
+
+    target: str
+    transform: str
+    part: tuple[int, int, int] | None = None
+
+
+_L = "model.layers.{i}"
+# Llama, Mistral, Qwen2, Qwen3 and Gemma 1/2/3 share one layout; biases, q/k norms and Gemma's extra norms exist
+# only where the config says so, which the shape check against `shapes.param_shapes(config)` enforces (an
+# unexpected tensor is an unused one).
 LLAMA_RULES: tuple[Rule, ...] = (
-    Rule(r"model\.embed_tokens", "weight", "embedding", "identity"),
-    Rule(_LINEAR, "weight", "kernel", "transpose"),
-    Rule(_LINEAR, "bias", "bias", "identity"),
-    Rule(rf"{_LAYER}\.(?:input_layernorm|post_attention_layernorm|self_attn\.[qk]_norm)|model\.norm", "weight",
-         "weight", "identity"),
-    Rule(r"lm_head", "weight", "kernel", "transpose"),
+    Rule("model.embed_tokens.weight", "model.embed_tokens.embedding", "identity"),
+    Rule(f"{_L}.self_attn.{{attn}}.weight", f"{_L}.self_attn.{{attn}}.kernel", "transpose"),
+    Rule(f"{_L}.self_attn.{{attn}}.bias", f"{_L}.self_attn.{{attn}}.bias", "identity"),
+    Rule(f"{_L}.mlp.{{mlp}}.weight", f"{_L}.mlp.{{mlp}}.kernel", "transpose"),
+    Rule(f"{_L}.mlp.{{mlp}}.bias", f"{_L}.mlp.{{mlp}}.bias", "identity"),
+    Rule(f"{_L}.{{norm}}.weight", f"{_L}.{{norm}}.weight", "identity"),
+    Rule(f"{_L}.self_attn.{{qk}}.weight", f"{_L}.self_attn.{{qk}}.weight", "identity"),
+    Rule("model.norm.weight", "model.norm.weight", "identity"),
+    Rule("lm_head.weight", "lm_head.kernel", "transpose"),
 )
+
+# GPT-2: Conv1D weights are already [in, out] (no transpose); c_attn is q, k and v side by side on the out axis.
+_H = "{gpt2}h.{i}"
+GPT2_RULES: tuple[Rule, ...] = (
+    Rule("{gpt2}wte.weight", "model.embed_tokens.embedding", "identity"),
+    Rule("{gpt2}wpe.weight", "model.embed_positions.embedding", "identity"),
+    Rule(f"{_H}.ln_1.{{leaf}}", f"{_L}.input_layernorm.{{leaf}}", "identity"),
+    Rule(f"{_H}.ln_2.{{leaf}}", f"{_L}.post_attention_layernorm.{{leaf}}", "identity"),
+    Rule(f"{_H}.attn.c_attn.weight", tuple(f"{_L}.self_attn.{p}_proj.kernel" for p in "qkv"), "identity", axis=1),
+    Rule(f"{_H}.attn.c_attn.bias", tuple(f"{_L}.self_attn.{p}_proj.bias" for p in "qkv"), "identity", axis=0),
+    Rule(f"{_H}.attn.c_proj.weight", f"{_L}.self_attn.o_proj.kernel", "identity"),
+    Rule(f"{_H}.attn.c_proj.bias", f"{_L}.self_attn.o_proj.bias", "identity"),
+    Rule(f"{_H}.mlp.c_fc.weight", f"{_L}.mlp.up_proj.kernel", "identity"),
+    Rule(f"{_H}.mlp.c_fc.bias", f"{_L}.mlp.up_proj.bias", "identity"),
+    Rule(f"{_H}.mlp.c_proj.weight", f"{_L}.mlp.down_proj.kernel", "identity"),
+    Rule(f"{_H}.mlp.c_proj.bias", f"{_L}.mlp.down_proj.bias", "identity"),
+    Rule("{gpt2}ln_f.{leaf}", "model.norm.{leaf}", "identity"),
+    Rule("lm_head.weight", "lm_head.kernel", "transpose"),
+)
+
+# Phi-3: Llama's layout with q/k/v fused into qkv_proj and gate/up into gate_up_proj (torch Linear: parts stacked
+# on the out axis, 0; gate first, as Phi3MLP's chunk(2) reads it). First, so that export finds the fused keys
+# before Llama's per-projection rules.
+PHI3_RULES: tuple[Rule, ...] = (
+    Rule(f"{_L}.self_attn.qkv_proj.weight", tuple(f"{_L}.self_attn.{p}_proj.kernel" for p in "qkv"), "transpose"),
+    Rule(f"{_L}.mlp.gate_up_proj.weight", (f"{_L}.mlp.gate_proj.kernel", f"{_L}.mlp.up_proj.kernel"), "transpose"),
+) + LLAMA_RULES
 
 TABLES: dict[str, tuple[Rule, ...]] = {
     "llama": LLAMA_RULES,
     "mistral": LLAMA_RULES,
     "qwen2": LLAMA_RULES,
     "qwen3": LLAMA_RULES,
+    "gpt2": GPT2_RULES,
+    "gemma": LLAMA_RULES,
+    "gemma2": LLAMA_RULES,
+    "gemma3_text": LLAMA_RULES,
+    "phi3": PHI3_RULES,
 }
 
-# Non-parameter buffers that older transformers versions saved; they are recomputed from the config.
-IGNORED = re.compile(r"(?:model\.layers\.\d+\.self_attn\.)?(?:model\.)?rotary_emb\.inv_freq")
+# Non-parameter buffers that older transformers versions saved; they are recomputed from the config (RoPE
+# frequencies; GPT-2's causal-mask buffers `attn.bias` / `attn.masked_bias`).
+IGNORED = re.compile(r"(?:model\.layers\.\d+\.self_attn\.)?(?:model\.)?rotary_emb\.inv_freq"
+                     r"|(?:transformer\.)?h\.\d+\.attn\.(?:masked_)?bias")
 
 # With tied embeddings the LM head is the embedding; a checkpoint may still carry a copy under this key.
 TIED_HEAD_KEY = "lm_head.weight"
 EMBED_KEY = "model.embed_tokens.weight"
+EMBED_NAME = "model.embed_tokens.embedding"
 
 
-def map_key(model_type: str, key: str) -> tuple[str, str] | None:
-    """``(jaxgen name, transform name)`` for HF ``key``, or None when no rule matches."""
+def _match(model_type: str, key: str) -> tuple[Rule, dict[str, str]] | None:
     for rule in TABLES[model_type]:
         m = rule.hf_pattern.fullmatch(key)
         if m:
-            return f"{m.group(1)}.{rule.leaf}", rule.transform
+            return rule, m.groupdict()
     return None
+
+
+def targets(model_type: str, key: str) -> tuple[tuple[str, ...], str, int] | None:
+    """``(jaxgen names, transform, split axis)`` that HF ``key`` feeds (one name unless it is fused), or None."""
+    found = _match(model_type, key)
+    if found is None:
+        return None
+    rule, slots = found
+    return tuple(n.format(**slots) for n in rule.names), rule.transform, rule.axis
+
+
+def map_key(model_type: str, key: str) -> tuple[str, str] | None:
+    """``(jaxgen name, transform name)`` for an unfused HF ``key``, or None when no one-to-one rule matches."""
+    found = targets(model_type, key)
+    if found is None or len(found[0]) != 1:
+        return None
+    return found[0][0], found[1]
+
+
+def plan_key(model_type: str, key: str,
+             expected: Mapping[str, tuple[int, ...]]) -> tuple[list[Piece], tuple[int, ...]] | None:
+    """The :class:`Piece` s HF tensor ``key`` becomes and the HF shape the config implies for it, or None when no
+    rule matches or a target is not a parameter of this config. A split's parts are sized by ``expected``."""
+    found = targets(model_type, key)
+    if found is None or any(n not in expected for n in found[0]):
+        return None
+    names, transform, axis = found
+    back = SHAPE_OF[INVERSE[transform]]
+    if len(names) == 1:
+        return [Piece(names[0], transform)], back(expected[names[0]])
+    shapes = [back(expected[n]) for n in names]
+    assert all(len(s) == len(shapes[0]) and s[:axis] + s[axis + 1:] == shapes[0][:axis] + shapes[0][axis + 1:]
+               for s in shapes), (key, shapes)  # the parts of a split differ only along its axis
+    pieces, start = [], 0
+    for name, shape in zip(names, shapes):
+        pieces.append(Piece(name, transform, (axis, start, start + shape[axis])))
+        start += shape[axis]
+    return pieces, shapes[0][:axis] + (start,) + shapes[0][axis + 1:]
+
+
+def cut(x: np.ndarray, piece: Piece) -> np.ndarray:
+    """The jaxgen parameter ``piece`` describes, from its whole HF tensor ``x``."""
+    if piece.part is not None:
+        axis, start, stop = piece.part
+        x = x[(slice(None),) * axis + (slice(start, stop),)]
+    return TRANSFORMS[piece.transform](x)
 
 
 def hf_key(model_type: str, name: str) -> tuple[str, str] | None:
-    """``(HF key, transform name)`` that turns jaxgen parameter ``name`` back into its HF tensor, or None."""
+    """``(HF key, transform name)`` that turns jaxgen parameter ``name`` back into its HF tensor (for a part of a
+    fused tensor: the fused key; :func:`merge_order` says how the parts join), or None."""
     for rule in TABLES[model_type]:
-        m = rule.pattern.fullmatch(name)
-        if m:
-            return f"{m.group(1)}.{rule.hf_leaf}", INVERSE[rule.transform]
+        for pattern in rule.patterns:
+            m = pattern.fullmatch(name)
+            if m:
+                return rule.hf.format(**{**SLOT_DEFAULTS, **m.groupdict()}), INVERSE[rule.transform]
     return None
+
+
+def merge_order(model_type: str, key: str) -> tuple[tuple[str, ...], int]:
+    """The jaxgen names whose HF-layout tensors, concatenated along the returned axis, make HF tensor ``key``."""
+    names, _, axis = targets(model_type, key)
+    return names, axis
 
 
 def source_key(model_type: str, name: str) -> str:
     """The HF key jaxgen parameter ``name`` comes from (for error messages; ``name`` itself if no rule fits)."""
     found = hf_key(model_type, name)
     return found[0] if found else name
+
+
+def embed_key(model_type: str, keys: Iterable[str]) -> str | None:
+    """Which of a checkpoint's ``keys`` holds the token embedding (for the tied-head check)."""
+    return next((k for k in keys if (m := map_key(model_type, k)) and m[0] == EMBED_NAME), None)

@@ -7,14 +7,14 @@ Accepts both the transformers 4.x schema (``rope_theta`` + ``rope_scaling``, ``t
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any, Mapping
 
-from jaxgen.errors import ConfigError
+from jaxgen.errors import ConfigError, read_json_object
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma", "gemma2", "gemma3_text",
+                         "phi3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
 SUPPORTED_ACTIVATIONS = ("silu",)
 
@@ -50,11 +50,75 @@ class RopeConfig:
     mscale_all_dim: float | None = None
     truncate: bool = True
     partial_rotary_factor: float = 1.0
+    # longrope (Phi-3): per-frequency divisors, short below original_max_position_embeddings, long past it
+    short_factor: tuple[float, ...] | None = None
+    long_factor: tuple[float, ...] | None = None
+
+    def rotary_dim(self, head_dim: int) -> int:
+        """How many leading dimensions of each head rotate (transformers: ``int(head_dim * partial_rotary_factor)``)."""
+        return int(head_dim * self.partial_rotary_factor)
+
+
+# --- per-layer specs: what one decoder Block reads (jaxgen.nn.transformer.Block) ----------------------------------
+NORM_KINDS = ("rms", "gemma_rms", "layer")
+RESIDUALS = ("pre", "sandwich")
+MLP_KINDS = ("gated", "plain")
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
+
+
+@dataclasses.dataclass(frozen=True)
+class NormSpec:
+    """A normalisation layer. ``rms``: ``w * normalize(x)``, normalized in float32 then cast (Llama); ``gemma_rms``:
+    ``(1 + w) * normalize(x)`` all in float32, then cast (Gemma); ``layer``: LayerNorm with a bias (GPT-2)."""
+
+    kind: str = "rms"
+    eps: float = 1e-6
+
+    def __post_init__(self):
+        assert self.kind in NORM_KINDS, self.kind
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionSpec:
+    """One layer's self-attention. ``rope=None``: no rotary embedding (learned absolute positions instead);
+    ``window``: sliding-window size (None = full causal); ``scale``: multiplier of ``q . k`` (None = head_dim**-0.5;
+    Gemma 2/3: ``query_pre_attn_scalar**-0.5``); ``softcap``: ``cap * tanh(scores / cap)`` before the mask;
+    ``qk_norm``: per-head norm (the layer's norm kind) on q and k before RoPE."""
+
+    rope: RopeConfig | None = RopeConfig()
+    window: int | None = None
+    scale: float | None = None
+    softcap: float | None = None
+    qk_norm: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """One decoder layer. ``residual``: ``pre`` (``x + f(norm(x))``: input_layernorm, post_attention_layernorm before
+    the MLP) or ``sandwich`` (Gemma 2/3: ``x + post_norm(f(pre_norm(x)))``, four norms); ``mlp``: ``gated``
+    (``down(act(gate(x)) * up(x))``: SwiGLU, GeGLU) or ``plain`` (``down(act(up(x)))``: GPT-2)."""
+
+    attention: AttentionSpec = AttentionSpec()
+    norm: NormSpec = NormSpec()
+    residual: str = "pre"
+    mlp: str = "gated"
+    activation: str = "silu"
+    mlp_bias: bool = False
+
+    def __post_init__(self):
+        assert self.residual in RESIDUALS and self.mlp in MLP_KINDS and self.activation in ACTIVATIONS, self
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of a Llama-family decoder. Field names follow transformers'."""
+    """Architecture of a decoder-only LM. Field names follow transformers'.
+
+    The model reads ``layers`` (one :class:`LayerSpec` per layer) and the model-level fields after it; a family's
+    parse function (:mod:`jaxgen.families`) fills them. Left empty, they are derived from the Llama-line fields
+    (``qkv_bias``, ``qk_norm``, ``sliding_window``, ``rope``, ...): a pre-norm SwiGLU decoder.
+    """
 
     model_type: str
     vocab_size: int
@@ -79,6 +143,21 @@ class ModelConfig:
     eos_token_id: tuple[int, ...] = ()
     pad_token_id: int | None = None
     checkpoint_dtype: str | None = None
+    layers: tuple[LayerSpec, ...] = ()
+    final_norm: NormSpec | None = None  # None: the last layer's norm
+    embedding_multiplier: float | None = None  # Gemma: sqrt(hidden_size), rounded to the compute dtype
+    final_logit_softcap: float | None = None  # Gemma 2/3: cap * tanh(logits / cap)
+    position_embedding: str = "rope"  # "learned": absolute position embeddings (GPT-2's wpe), no rows past the context
+
+    def __post_init__(self):
+        # Frozen: derived defaults are set once, here.
+        if not self.layers:
+            object.__setattr__(self, "layers", _llama_layers(self))
+        if len(self.layers) != self.num_hidden_layers:
+            raise ConfigError(f"{self.model_type}: {len(self.layers)} layer specs for num_hidden_layers="
+                              f"{self.num_hidden_layers}.")
+        if self.final_norm is None:
+            object.__setattr__(self, "final_norm", self.layers[-1].norm)
 
     @property
     def q_size(self) -> int:
@@ -90,21 +169,23 @@ class ModelConfig:
 
     def layer_window(self, layer: int) -> int | None:
         """Sliding-window size of ``layer`` (None = full causal attention)."""
-        if self.sliding_window is None:
-            return None
-        if self.layer_types and self.layer_types[layer] != "sliding_attention":
-            return None
-        return self.sliding_window
+        return self.layers[layer].attention.window
 
     def num_params(self) -> int:
         """Number of parameters (tied embeddings counted once)."""
         h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
-        attn = h * self.q_size + 2 * h * self.kv_size + self.q_size * h
-        attn += (self.q_size + 2 * self.kv_size) * self.qkv_bias + h * self.o_bias
-        attn += 2 * self.head_dim * self.qk_norm
-        mlp = 3 * h * i + (2 * i + h) * self.mlp_bias
-        layer = attn + mlp + 2 * h
-        return v * h * (1 if self.tie_word_embeddings else 2) + self.num_hidden_layers * layer + h
+        norm = lambda spec, size: size * (2 if spec.kind == "layer" else 1)  # noqa: E731 (LayerNorm has a bias)
+        total = v * h * (1 if self.tie_word_embeddings else 2) + norm(self.final_norm, h)
+        total += self.max_position_embeddings * h * (self.position_embedding == "learned")
+        for spec in self.layers:
+            a = spec.attention
+            total += 2 * h * self.q_size + 2 * h * self.kv_size
+            total += (self.q_size + 2 * self.kv_size) * a.qkv_bias + h * a.o_bias
+            total += 2 * norm(spec.norm, self.head_dim) * a.qk_norm
+            n_mats = 3 if spec.mlp == "gated" else 2
+            total += n_mats * h * i + ((n_mats - 1) * i + h) * spec.mlp_bias
+            total += (4 if spec.residual == "sandwich" else 2) * norm(spec.norm, h)
+        return total
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -112,7 +193,9 @@ class ModelConfig:
     @classmethod
     def from_hf_dict(cls, raw: Mapping[str, Any], source: str = "config.json") -> "ModelConfig":
         """Parse a transformers ``config.json`` dict (4.x or 5.x schema)."""
-        return _parse(dict(raw), source)
+        from jaxgen.families import parse_config
+
+        return parse_config(dict(raw), source)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "ModelConfig":
@@ -122,14 +205,20 @@ class ModelConfig:
         if not os.path.isfile(file):
             raise ConfigError(f"{file}: no config.json here; point to a Hugging Face checkpoint folder "
                               "(config.json + *.safetensors) or a folder written by `jaxgen convert`.")
-        try:
-            with open(file) as f:
-                raw = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{file}: not valid JSON ({e}); re-save the config with transformers.") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{file}: expected a JSON object, got {type(raw).__name__}.")
-        return _parse(raw, file)
+        return cls.from_hf_dict(read_json_object(file, ConfigError, "model settings"), file)
+
+
+def _llama_layers(c: ModelConfig) -> tuple[LayerSpec, ...]:
+    """The Llama line's layers from its flat fields: pre-norm RMSNorm, SwiGLU, RoPE, windows per ``layer_types``."""
+    def window(layer: int) -> int | None:
+        if c.sliding_window is None or (c.layer_types and c.layer_types[layer] != "sliding_attention"):
+            return None
+        return c.sliding_window
+
+    norm = NormSpec("rms", c.rms_norm_eps)
+    return tuple(LayerSpec(attention=AttentionSpec(rope=c.rope, window=window(i), qk_norm=c.qk_norm,
+                                                   qkv_bias=c.qkv_bias, o_bias=c.o_bias),
+                           norm=norm, mlp_bias=c.mlp_bias) for i in range(c.num_hidden_layers))
 
 
 def _is_int(value: Any) -> bool:

@@ -48,6 +48,24 @@ VARIANTS = {
     # Families beyond the Llama line (tests/test_families.py has their focused checks). GPT-2: learned positions,
     # LayerNorm, fused c_attn split at conversion, tied head.
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_inner=128)),
+    # Gemma: (1 + w) norms, GeGLU, sqrt(hidden) embedding scale, head_dim given (its default is 256).
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(head_dim=32)),
+    # Gemma 2: four norms per layer, query_pre_attn_scalar, soft caps small enough to bend these logits, a window.
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(head_dim=16, sliding_window=4, query_pre_attn_scalar=24,
+                                                         attn_logit_softcapping=5.0, final_logit_softcapping=8.0)),
+    # Gemma 3: q/k norms, local and global RoPE bases, linear scaling on global layers only, sliding pattern.
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
+        head_dim=16, num_hidden_layers=3, sliding_window=4, query_pre_attn_scalar=24,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters=dict(sliding_attention=dict(rope_type="default", rope_theta=100.0),
+                             full_attention=dict(rope_type="linear", factor=4.0, rope_theta=10000.0)))),
+    # Phi-3: fused qkv_proj / gate_up_proj split at conversion, a window on every layer (as Phi-3-mini-4k).
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(sliding_window=4)),
+    # Phi-4-mini's layout: half the head dimensions rotate, LongRoPE (short factors below 32 positions), tied head.
+    "phi3_partial_longrope": ("Phi3Config", "Phi3ForCausalLM", dict(
+        tie_word_embeddings=True, original_max_position_embeddings=32,
+        rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.5,
+                             short_factor=[1.0, 1.5, 2.0, 3.0], long_factor=[2.0, 4.0, 8.0, 16.0]))),
 }
 FAMILIES = ["llama_gqa", "mistral_window", "qwen2_bias", "qwen3_qknorm"]
 # Built by hf_checkpoint like VARIANTS, but not among the `variant` fixture's params. A vocabulary of 2048 (above

@@ -222,8 +222,8 @@ def test_family_biases():
 # --- errors name the field ----------------------------------------------------------------------------------------
 
 def test_unknown_model_type_is_named():
-    with pytest.raises(ConfigError, match="'gpt2'.*not supported"):
-        ModelConfig.from_hf_dict({**SMALL, "model_type": "gpt2"})
+    with pytest.raises(ConfigError, match="'mamba'.*not supported"):
+        ModelConfig.from_hf_dict({**SMALL, "model_type": "mamba"})
     with pytest.raises(ConfigError, match="model_type"):
         ModelConfig.from_hf_dict(SMALL)
 

@@ -388,8 +388,8 @@ def _config_not_tied(folder):
 
 
 def _unknown_model_type(folder):
-    _edit_config(model_type="gpt2")(folder)
-    return "config.json.*model_type 'gpt2'"
+    _edit_config(model_type="mamba")(folder)
+    return "config.json.*model_type 'mamba'"
 
 
 def _float8_weights(folder):

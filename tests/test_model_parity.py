@@ -57,8 +57,10 @@ DECODE_RTOL = 1e-5
 # bias/norm kind, tied head, plus the RoPE types whose batch-of-one (dynamic: max over the batch) or bfloat16
 # (yarn: cos/sin scaled by the attention factor) path differs.
 CORE_BATCH_OF_ONE = ("llama_gqa", "llama_mqa_tied", "llama_dynamic_rope", "mistral_window", "qwen2_bias",
-                     "qwen3_qknorm")
-CORE_BF16 = ("llama_gqa", "llama_mqa_tied", "llama_yarn_rope", "mistral_window", "qwen2_bias", "qwen3_qknorm")
+                     "qwen3_qknorm", "gpt2", "gemma", "gemma2", "gemma3", "phi3", "phi3_partial_longrope")
+# Gemma: its (1 + w) norm scales before the cast back to bfloat16, which is where the two orders differ.
+CORE_BF16 = ("llama_gqa", "llama_mqa_tied", "llama_yarn_rope", "mistral_window", "qwen2_bias", "qwen3_qknorm",
+             "gemma2")
 
 
 def variants(core: tuple[str, ...]) -> list:

@@ -1,4 +1,4 @@
-"""Small building blocks with transformers' parameter names: RMSNorm and the gated MLP."""
+"""Small building blocks with transformers' parameter names: the three norms, dense layers and the MLP."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import Array
+
+from jaxgen.config import LayerSpec, NormSpec
 
 
 class RMSNorm(nnx.Module):
@@ -21,6 +23,47 @@ class RMSNorm(nnx.Module):
         return self.weight[...].astype(x.dtype) * h.astype(x.dtype)
 
 
+class GemmaRMSNorm(nnx.Module):
+    """Gemma's RMSNorm: ``(1 + weight) * normalize(x)``, all in float32, cast at the end.
+
+    The weight is stored zero-centred (a checkpoint's zeros mean "scale 1"), and the scaling happens before the cast
+    (Llama casts first): in bfloat16 the two orders differ, see transformers PR #29402.
+    """
+
+    def __init__(self, size: int, eps: float, *, param_dtype: jnp.dtype = jnp.float32):
+        self.weight = nnx.Param(jnp.zeros((size,), param_dtype))
+        self.eps = eps
+
+    def __call__(self, x: Array) -> Array:
+        h = x.astype(jnp.float32)
+        h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
+        return (h * (1.0 + self.weight[...].astype(jnp.float32))).astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm with ``weight`` and ``bias`` (GPT-2), computed in float32 as torch does for reduced precision."""
+
+    def __init__(self, size: int, eps: float, *, param_dtype: jnp.dtype = jnp.float32):
+        self.weight = nnx.Param(jnp.ones((size,), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((size,), param_dtype))
+        self.eps = eps
+
+    def __call__(self, x: Array) -> Array:
+        h = x.astype(jnp.float32)
+        mean = jnp.mean(h, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(h - mean), axis=-1, keepdims=True)  # biased, as torch
+        h = (h - mean) * jax.lax.rsqrt(var + self.eps)
+        return (h * self.weight[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(x.dtype)
+
+
+_NORMS = {"rms": RMSNorm, "gemma_rms": GemmaRMSNorm, "layer": LayerNorm}
+
+
+def norm(spec: NormSpec, size: int, param_dtype: jnp.dtype) -> nnx.Module:
+    """The norm ``spec`` names, over the last dimension of size ``size``."""
+    return _NORMS[spec.kind](size, spec.eps, param_dtype=param_dtype)
+
+
 def linear(n_in: int, n_out: int, bias: bool, dtype: jnp.dtype, param_dtype: jnp.dtype, precision,
            rngs: nnx.Rngs) -> nnx.Linear:
     """A dense layer with kernel ``[n_in, n_out]`` (transformers' ``weight`` transposed)."""
@@ -28,13 +71,31 @@ def linear(n_in: int, n_out: int, bias: bool, dtype: jnp.dtype, param_dtype: jnp
                       kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
 
 
-class MLP(nnx.Module):
-    """SwiGLU feed-forward: ``down(silu(gate(x)) * up(x))``."""
+# transformers' ACT2FN names -> the canonical names the config keeps. gelu_new and gelu_pytorch_tanh are the same
+# tanh approximation (transformers computes them in different op orders; the difference is float32 rounding).
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
 
-    def __init__(self, hidden: int, intermediate: int, bias: bool, *, dtype, param_dtype, precision, rngs):
-        self.gate_proj = linear(hidden, intermediate, bias, dtype, param_dtype, precision, rngs)
+
+class MLP(nnx.Module):
+    """Feed-forward of one layer. ``gated``: ``down(act(gate(x)) * up(x))`` (SwiGLU / GeGLU); ``plain``:
+    ``down(act(up(x)))`` (GPT-2's ``c_fc`` -> ``up_proj``, ``c_proj`` -> ``down_proj``)."""
+
+    def __init__(self, hidden: int, intermediate: int, spec: LayerSpec, *, dtype, param_dtype, precision, rngs):
+        bias = spec.mlp_bias
+        if spec.mlp == "gated":
+            self.gate_proj = linear(hidden, intermediate, bias, dtype, param_dtype, precision, rngs)
         self.up_proj = linear(hidden, intermediate, bias, dtype, param_dtype, precision, rngs)
         self.down_proj = linear(intermediate, hidden, bias, dtype, param_dtype, precision, rngs)
+        self.gated = spec.mlp == "gated"
+        self.activation = spec.activation
 
     def __call__(self, x: Array) -> Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        act = ACTIVATIONS[self.activation]
+        if self.gated:
+            return self.down_proj(act(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(act(self.up_proj(x)))

@@ -1,7 +1,12 @@
-"""The Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3) as Flax NNX modules with transformers' names.
+"""The decoder as Flax NNX modules with transformers' names, built from per-layer specs (``ModelConfig.layers``).
 
-Parameter paths mirror transformers' state-dict keys (``model.layers.3.self_attn.q_proj.kernel`` is
-``model.layers.3.self_attn.q_proj.weight`` transposed), so conversion is a short table.
+One :class:`Block` reads its :class:`~jaxgen.config.LayerSpec`: norm kind, residual layout, attention options,
+MLP kind. Families differ only in those specs and in a few model-level fields (embedding scale, learned
+positions, final soft-cap); there are no per-family classes.
+
+Parameter paths mirror transformers' Llama/Gemma state-dict keys (``model.layers.3.self_attn.q_proj.kernel`` is
+``model.layers.3.self_attn.q_proj.weight`` transposed); families with other names (GPT-2, Phi-3's fused
+projections) are mapped onto these by ``checkpoints_convert.tables``.
 """
 
 from __future__ import annotations
@@ -12,9 +17,9 @@ from flax import nnx
 from jax import Array
 
 from jaxgen.cache import KVCache, attention_mask, init_cache, write_valid
-from jaxgen.config import ModelConfig
+from jaxgen.config import LayerSpec, ModelConfig
 from jaxgen.nn.attention import Attention
-from jaxgen.nn.layers import MLP, RMSNorm, linear
+from jaxgen.nn.layers import MLP, linear, norm
 from jaxgen.nn.rope import rope_cos_sin
 
 
@@ -23,29 +28,49 @@ def _precision(dtype) -> jax.lax.Precision:
     return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else jax.lax.Precision.DEFAULT
 
 
-class DecoderLayer(nnx.Module):
-    def __init__(self, config: ModelConfig, *, dtype, param_dtype, precision, rngs: nnx.Rngs):
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
-        self.self_attn = Attention(config, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
-        self.mlp = MLP(config.hidden_size, config.intermediate_size, config.mlp_bias, dtype=dtype,
-                       param_dtype=param_dtype, precision=precision, rngs=rngs)
+class Block(nnx.Module):
+    """One decoder layer. ``pre``: ``x + attn(input_layernorm(x))``, then ``x + mlp(post_attention_layernorm(x))``.
+    ``sandwich`` (Gemma 2/3): each sublayer's output is normed too before the residual add, so transformers'
+    ``post_attention_layernorm`` is a post-norm there and ``pre_feedforward_layernorm`` is the MLP's input norm."""
 
-    def __call__(self, x, cos, sin, k_cache, v_cache, index, mask):
-        h, k_cache, v_cache = self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, index, mask)
+    def __init__(self, config: ModelConfig, spec: LayerSpec, *, dtype, param_dtype, precision, rngs: nnx.Rngs):
+        h = config.hidden_size
+        self.input_layernorm = norm(spec.norm, h, param_dtype)
+        self.self_attn = Attention(config, spec, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
+        self.post_attention_layernorm = norm(spec.norm, h, param_dtype)
+        self.sandwich = spec.residual == "sandwich"
+        if self.sandwich:
+            self.pre_feedforward_layernorm = norm(spec.norm, h, param_dtype)
+            self.post_feedforward_layernorm = norm(spec.norm, h, param_dtype)
+        self.mlp = MLP(h, config.intermediate_size, spec, dtype=dtype, param_dtype=param_dtype, precision=precision,
+                       rngs=rngs)
+
+    def __call__(self, x, rope, k_cache, v_cache, index, mask):
+        h, k_cache, v_cache = self.self_attn(self.input_layernorm(x), rope, k_cache, v_cache, index, mask)
+        if self.sandwich:
+            x = x + self.post_attention_layernorm(h)
+            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), k_cache, v_cache
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), k_cache, v_cache
 
 
 class DecoderModel(nnx.Module):
-    """``model.*``: embeddings, decoder layers and the final norm."""
+    """``model.*``: embeddings (and learned positions), decoder layers and the final norm."""
 
     def __init__(self, config: ModelConfig, *, dtype, param_dtype, precision, rngs: nnx.Rngs):
-        self.embed_tokens = nnx.Embed(config.vocab_size, config.hidden_size, dtype=dtype, param_dtype=param_dtype,
-                                      embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
-        self.layers = nnx.List([DecoderLayer(config, dtype=dtype, param_dtype=param_dtype, precision=precision,
-                                             rngs=rngs) for _ in range(config.num_hidden_layers)])
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
+        embed = lambda n: nnx.Embed(n, config.hidden_size, dtype=dtype, param_dtype=param_dtype,  # noqa: E731
+                                    embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+        self.embed_tokens = embed(config.vocab_size)
+        if config.position_embedding == "learned":
+            self.embed_positions = embed(config.max_position_embeddings)
+        self.layers = nnx.List([Block(config, spec, dtype=dtype, param_dtype=param_dtype, precision=precision,
+                                      rngs=rngs) for spec in config.layers])
+        self.norm = norm(config.final_norm, config.hidden_size, param_dtype)
+
+
+def _rope_key(config: ModelConfig, spec: LayerSpec):
+    rope = spec.attention.rope
+    return None if rope is None else (rope, rope.rotary_dim(config.head_dim))
 
 
 class CausalLM(nnx.Module):
@@ -73,18 +98,32 @@ class CausalLM(nnx.Module):
         if cache is None:
             cache = init_cache(cfg, b, t, self.dtype)
         cache = write_valid(cache, mask)
-        masks = {w: attention_mask(cache, t, w) for w in {cfg.layer_window(i) for i in range(cfg.num_hidden_layers)}}
-        cos, sin = rope_cos_sin(cfg, positions, self.dtype)
+        # One mask per distinct window and one cos/sin table per distinct RoPE (Gemma 3: local and global).
+        masks = {w: attention_mask(cache, t, w) for w in {spec.attention.window for spec in cfg.layers}}
+        ropes = {key: rope_cos_sin(key[0], key[1], cfg.max_position_embeddings, positions, self.dtype)
+                 for key in {_rope_key(cfg, spec) for spec in cfg.layers} if key is not None}
         x = self.model.embed_tokens(tokens)
+        if cfg.embedding_multiplier is not None:
+            # Gemma: sqrt(hidden) rounded to the compute dtype first (55.4256 becomes 55.5 in bfloat16), as
+            # transformers does, rather than scaling in float32.
+            x = x * jnp.asarray(cfg.embedding_multiplier, x.dtype)
+        if cfg.position_embedding == "learned":
+            x = x + self.model.embed_positions(positions)
         keys, values = list(cache.keys), list(cache.values)
-        for i, layer in enumerate(self.model.layers):
-            x, keys[i], values[i] = layer(x, cos, sin, keys[i], values[i], cache.index, masks[cfg.layer_window(i)])
+        for i, (layer, spec) in enumerate(zip(self.model.layers, cfg.layers)):
+            rope = ropes.get(_rope_key(cfg, spec))
+            x, keys[i], values[i] = layer(x, rope, keys[i], values[i], cache.index, masks[spec.attention.window])
         if logits_positions is not None:
             x = jnp.take_along_axis(x, logits_positions[:, None, None], axis=1)[:, 0]
         x = self.model.norm(x)
         if cfg.tie_word_embeddings:
-            logits = self.model.embed_tokens.attend(x)
+            embedding = self.model.embed_tokens.embedding[...].astype(x.dtype)
+            logits = jnp.einsum("...h,vh->...v", x, embedding, precision=self.precision)
         else:
             logits = self.lm_head(x)
+        logits = logits.astype(jnp.float32)
+        if cfg.final_logit_softcap is not None:
+            cap = cfg.final_logit_softcap
+            logits = jnp.tanh(logits / cap) * cap
         cache = cache.replace(keys=tuple(keys), values=tuple(values), index=cache.index + t)
-        return logits.astype(jnp.float32), cache
+        return logits, cache

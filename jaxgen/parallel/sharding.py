@@ -20,6 +20,7 @@ DATA, MODEL = "data", "model"
 # Parameter name pattern -> logical axis of each dimension (the one declarative table of the placement).
 PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"model\.embed_tokens\.embedding", ("vocab", "embed")),
+    (r"model\.embed_positions\.embedding", (None, "embed")),
     (r"lm_head\.kernel", ("embed", "vocab")),
     (r".*self_attn\.q_proj\.kernel", ("embed", "heads")),
     (r".*self_attn\.[kv]_proj\.kernel", ("embed", "kv_heads")),
@@ -30,7 +31,7 @@ PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r".*mlp\.(gate|up)_proj\.kernel", ("embed", "mlp")),
     (r".*mlp\.(gate|up)_proj\.bias", ("mlp",)),
     (r".*mlp\.down_proj\.kernel", ("mlp", "embed")),
-    (r".*norm\.weight", (None,)),
+    (r".*norm\.(weight|bias)", (None,)),
 )
 # Logical axis -> mesh axis (None = replicated).
 MESH_AXES: dict[str, str | None] = {

@@ -1,0 +1,32 @@
+"""Model families: each is a parse function (``config.json`` -> :class:`~jaxgen.config.ModelConfig` with per-layer
+specs), a name table (``checkpoints_convert.tables``) and the few layer choices its specs name.
+
+Nothing here imports jax: conversion reads configs without flax. The decode side never sees a family's name.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from jaxgen.config import SUPPORTED_MODEL_TYPES, ModelConfig
+from jaxgen.errors import ConfigError
+from jaxgen.families import gemma, gpt2, llama, phi3
+
+Parser = Callable[[dict, str], ModelConfig]
+
+PARSERS: dict[str, Parser] = {
+    "llama": llama.parse, "mistral": llama.parse, "qwen2": llama.parse, "qwen3": llama.parse,
+    "gpt2": gpt2.parse,
+    "gemma": gemma.parse, "gemma2": gemma.parse, "gemma3_text": gemma.parse,
+    "phi3": phi3.parse,
+}
+assert set(PARSERS) == set(SUPPORTED_MODEL_TYPES), (set(PARSERS), SUPPORTED_MODEL_TYPES)
+
+
+def parse_config(raw: dict, source: str = "config.json") -> ModelConfig:
+    """Parse a transformers ``config.json`` dict (4.x or 5.x schema) with its family's parse function."""
+    model_type = raw.get("model_type")
+    if model_type not in PARSERS:
+        raise ConfigError(f"{source}: model_type {model_type!r} is not supported; jaxgen supports "
+                          f"{', '.join(SUPPORTED_MODEL_TYPES)}.")
+    return PARSERS[model_type](raw, source)
