@@ -350,3 +350,22 @@ def test_fused_checkpoints_run_tensor_parallel():
     for variant, r in json.loads(lines[-1][len("REPORT "):]).items():
         assert r["q_spec"] in ("P(None, 'model')", "PartitionSpec(None, 'model')"), (variant, r)
         assert r["diff"] <= 3e-5, (variant, r)  # partial sums added in another order: float32 rounding only
+
+
+def test_crossing_the_longrope_boundary_warns():
+    """transformers re-encodes the whole sequence with the long factors once it passes the original context;
+    jaxgen keeps its cache, so a generation that crosses it is announced."""
+    import warnings
+
+    import jaxgen
+    from conftest import hf_checkpoint
+
+    model = jaxgen.load_model(hf_checkpoint("phi3_partial_longrope")[0])
+    edge = model.config.layers[0].attention.rope.original_max_position_embeddings
+    prompt = np.arange(1, 5)[None]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        jaxgen.generate(model, prompt, max_new_tokens=edge - 4, do_sample=False)  # stays below: no warning
+        assert not [w for w in caught if "LongRoPE" in str(w.message)]
+        jaxgen.generate(model, prompt, max_new_tokens=edge, do_sample=False)
+    assert any("original_max_position_embeddings" in str(w.message) for w in caught)

@@ -88,6 +88,16 @@ def check_context(config: ModelConfig, prompt_length: int, max_new_tokens: int) 
         raise ValueError(f"a prompt has {prompt_length} tokens, longer than the model's context "
                          f"(max_position_embeddings={context}); shorten it.")
     total = prompt_length + max_new_tokens
+    for spec in getattr(config, "layers", ()) or ():
+        rope = getattr(spec.attention, "rope", None)
+        edge = getattr(rope, "original_max_position_embeddings", None)
+        if getattr(rope, "rope_type", None) == "longrope" and edge and prompt_length <= edge < total:
+            # transformers' generate recomputes its whole cache with the long factors at that point; jaxgen keeps
+            # the keys it cached with the short ones, so tokens past it can differ from transformers'.
+            warnings.warn(f"prompt ({prompt_length}) + max_new_tokens ({max_new_tokens}) crosses LongRoPE's "
+                          f"original_max_position_embeddings={edge}: past it, tokens may differ from transformers', "
+                          "which re-encodes the whole sequence with the long factors.", stacklevel=3)
+            break
     if total > context:
         if getattr(config, "position_embedding", "rope") == "learned":
             raise ValueError(f"prompt ({prompt_length}) + max_new_tokens ({max_new_tokens}) = {total} positions, "
