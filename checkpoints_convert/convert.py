@@ -61,6 +61,11 @@ class Item:
     dtype: np.dtype
     shape: tuple[int, ...]
     part: tuple[int, int, int] | None = None
+    stack: tuple[TensorInfo, ...] = ()  # per-expert sources, in expert order, stacked on a new leading axis
+
+    @property
+    def sources(self) -> tuple[TensorInfo, ...]:
+        return self.stack or (self.source,)
 
     @property
     def nbytes(self) -> int:
@@ -114,6 +119,7 @@ def plan_conversion(ckpt: Checkpoint, config: ModelConfig, dtype: np.dtype | Non
     shape_errors: list[str] = []
     targets: set[str] = set()  # jaxgen names some tensor maps to, even one of the wrong shape
     tied_copy: TensorInfo | None = None
+    stacked: dict[str, dict[int, TensorInfo]] = {}  # stacked parameter -> {expert index: its tensor}
     for info in ckpt.ordered():
         if tables.IGNORED.fullmatch(info.name):
             continue
@@ -125,6 +131,19 @@ def plan_conversion(ckpt: Checkpoint, config: ModelConfig, dtype: np.dtype | Non
             unknown.append(info.name)
             continue
         pieces, want_src = planned  # a fused tensor (GPT-2 c_attn, Phi-3 qkv_proj) becomes several parameters
+        if pieces[0].index is not None:  # one expert of a stacked parameter (MoE): gathered after the loop
+            piece = pieces[0]
+            if piece.index in stacked.setdefault(piece.target, {}):
+                raise CheckpointError(f"{where}: two tensors map to expert {piece.index} of {piece.target}; one is "
+                                      f"{info.name}.")
+            if info.shape != want_src:
+                shape_errors.append(f"tensor '{info.name}' in {os.path.basename(info.file)} has shape {info.shape}, "
+                                    f"but config.json implies {want_src}")
+            stacked[piece.target][piece.index] = info
+            if piece.target not in targets:
+                items.append(Item(info, piece.target, piece.transform, dtype or info.dtype, expected[piece.target]))
+            targets.add(piece.target)
+            continue
         for piece in pieces:
             if piece.target in targets:  # cannot happen with a well-formed table; guards one being edited
                 raise CheckpointError(f"{where}: two tensors map to jaxgen parameter {piece.target}; one is "
@@ -140,6 +159,18 @@ def plan_conversion(ckpt: Checkpoint, config: ModelConfig, dtype: np.dtype | Non
                                   "are not supported).")
         items += [Item(info, p.target, p.transform, dtype or info.dtype, expected[p.target], p.part) for p in pieces]
 
+    for k, item in enumerate(items):
+        if item.target in stacked:
+            experts = stacked[item.target]
+            count = expected[item.target][0]
+            if sorted(experts) != list(range(count)):
+                shape_errors.append(f"parameter {item.target} needs experts 0..{count - 1}, the weights hold "
+                                    f"{len(experts)} (indices {sorted(experts)[:_SHOW]}...)")
+                continue
+            if any(i.dtype not in _FLOAT_DTYPES for i in experts.values()):
+                raise CheckpointError(f"{where}: the experts of {item.target} are not float weights (quantized "
+                                      "checkpoints are not supported).")
+            items[k] = dataclasses.replace(item, stack=tuple(experts[e] for e in range(count)))
     missing = sorted(set(expected) - targets)
     if unknown or missing:
         parts = []
@@ -176,6 +207,11 @@ def _check_tied_copy(ckpt: Checkpoint, head: TensorInfo, embed_key: str) -> None
 
 
 def _produce(ckpt: Checkpoint, item: Item) -> np.ndarray:
+    if item.stack:  # experts one at a time, transformed and cast, then stacked
+        x = np.stack([_produce(ckpt, dataclasses.replace(item, source=s, stack=(), shape=item.shape[1:]))
+                      for s in item.stack])
+        assert x.shape == item.shape and x.dtype == item.dtype, (item.target, x.shape, x.dtype)
+        return x
     x = ckpt.read(item.source.name)
     piece = tables.Piece(item.target, item.transform, item.part)
     transform = lambda a: tables.cut(a, piece)  # noqa: E731 (the part, if any, then the named transform)
@@ -193,7 +229,7 @@ def _produce(ckpt: Checkpoint, item: Item) -> np.ndarray:
 def _progress(items: list[Item], enabled: bool, label: str) -> Iterator[Callable[[Item], None]]:
     """A bar of bytes and tensors done, with an ETA, on stderr; yields the function that advances it by one item."""
     # On a terminal redraw often; in a log, a line every 10 s keeps it readable.
-    bar = tqdm(total=sum(i.source.nbytes for i in items), desc=label, unit="B", unit_scale=True,
+    bar = tqdm(total=sum(s.nbytes for i in items for s in i.sources), desc=label, unit="B", unit_scale=True,
                unit_divisor=1024, file=sys.stderr, disable=not enabled, dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 10.0)
     done = 0
@@ -202,7 +238,7 @@ def _progress(items: list[Item], enabled: bool, label: str) -> Iterator[Callable
         nonlocal done
         done += 1
         bar.set_postfix_str(f"{done}/{len(items)} tensors", refresh=False)
-        bar.update(item.source.nbytes)
+        bar.update(sum(s.nbytes for s in item.sources))
 
     try:
         yield advance

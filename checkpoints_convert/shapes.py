@@ -20,6 +20,16 @@ def _norm(out: Shapes, name: str, spec: NormSpec, size: int) -> None:
         out[f"{name}.bias"] = (size,)
 
 
+def _linear_attention(out: Shapes, prefix: str, s, h: int) -> list[tuple[str, int, int, bool]]:
+    """jaxgen.nn.linear_attention.GatedDeltaNet's non-linear parameters (into ``out``) and its linears."""
+    p, value_dim = f"{prefix}.linear_attn", s.num_v_heads * s.v_head_dim
+    out.update({f"{p}.conv1d.weight": (s.conv_dim, 1, s.conv_kernel), f"{p}.dt_bias": (s.num_v_heads,),
+                f"{p}.A_log": (s.num_v_heads,), f"{p}.norm.weight": (s.v_head_dim,)})
+    return [("linear_attn.in_proj_qkv", h, s.conv_dim, False), ("linear_attn.in_proj_z", h, value_dim, False),
+            ("linear_attn.in_proj_b", h, s.num_v_heads, False), ("linear_attn.in_proj_a", h, s.num_v_heads, False),
+            ("linear_attn.out_proj", value_dim, h, False)]
+
+
 def decoder_shapes(c: ModelConfig) -> Shapes:
     """The decoder of ``c.layers``: biases, q/k norms, four norms (sandwich residual), a gate projection (gated MLP)
     and learned positions only where the specs say so.
@@ -37,11 +47,25 @@ def decoder_shapes(c: ModelConfig) -> Shapes:
             norms += ["pre_feedforward_layernorm", "post_feedforward_layernorm"]
         for name in norms:
             _norm(out, f"{prefix}.{name}", spec.norm, h)
-        linears = [("self_attn.q_proj", h, c.q_size, a.qkv_bias), ("self_attn.k_proj", h, c.kv_size, a.qkv_bias),
+        q_out = c.q_size * (2 if a.output_gate else 1)  # Qwen3.5's q_proj: [q | gate] per head
+        linears = [("self_attn.q_proj", h, q_out, a.qkv_bias), ("self_attn.k_proj", h, c.kv_size, a.qkv_bias),
                    ("self_attn.v_proj", h, c.kv_size, a.qkv_bias), ("self_attn.o_proj", c.q_size, h, a.o_bias)]
-        if spec.mlp == "gated":
-            linears.append(("mlp.gate_proj", h, i, spec.mlp_bias))
-        linears += [("mlp.up_proj", h, i, spec.mlp_bias), ("mlp.down_proj", i, h, spec.mlp_bias)]
+        if spec.linear is not None:  # a Gated DeltaNet layer replaces self-attention
+            linears = _linear_attention(out, prefix, spec.linear, h)
+        if spec.moe is not None:  # jaxgen.nn.moe: stacked experts [E, in, out], router, optional shared expert
+            m = spec.moe
+            e, mi = m.num_experts, m.intermediate_size
+            out.update({f"{prefix}.mlp.experts.gate_proj": (e, h, mi), f"{prefix}.mlp.experts.up_proj": (e, h, mi),
+                        f"{prefix}.mlp.experts.down_proj": (e, mi, h)})
+            linears.append(("mlp.gate", h, e, False))
+            if m.shared_intermediate_size:
+                si = m.shared_intermediate_size
+                linears += [("mlp.shared_expert.gate_proj", h, si, False), ("mlp.shared_expert.up_proj", h, si, False),
+                            ("mlp.shared_expert.down_proj", si, h, False), ("mlp.shared_expert_gate", h, 1, False)]
+        else:
+            if spec.mlp == "gated":
+                linears.append(("mlp.gate_proj", h, i, spec.mlp_bias))
+            linears += [("mlp.up_proj", h, i, spec.mlp_bias), ("mlp.down_proj", i, h, spec.mlp_bias)]
         for name, n_in, n_out, bias in linears:
             out[f"{prefix}.{name}.kernel"] = (n_in, n_out)
             if bias:

@@ -28,22 +28,32 @@ def transpose(x: np.ndarray) -> np.ndarray:
 
 
 # Named so that a table stays data, and so shape checks know how each transform moves dimensions.
-TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"identity": identity, "transpose": transpose}
+def swap_last(x: np.ndarray) -> np.ndarray:
+    """Stacked torch weights ``[E, out, in]`` <-> stacked kernels ``[E, in, out]`` (transformers 5 fused experts)."""
+    return np.ascontiguousarray(np.swapaxes(x, -1, -2))
+
+
+TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"identity": identity, "transpose": transpose,
+                                                             "swap_last": swap_last}
 SHAPE_OF: dict[str, Callable[[tuple[int, ...]], tuple[int, ...]]] = {
     "identity": lambda s: s,
     "transpose": lambda s: s[::-1],
+    "swap_last": lambda s: s[:-2] + s[-1:] + s[-2:-1],
 }
-# The transform that undoes each one (for export). Both used today are their own inverses.
-INVERSE: dict[str, str] = {"identity": "identity", "transpose": "transpose"}
+# The transform that undoes each one (for export). All used today are their own inverses.
+INVERSE: dict[str, str] = {"identity": "identity", "transpose": "transpose", "swap_last": "swap_last"}
 
 # What each template slot may stand for.
 SLOTS: dict[str, str] = {
     "i": r"\d+",
+    "e": r"\d+",  # an expert's index in a per-expert checkpoint (a stacking rule)
     "attn": r"[qkvo]_proj",
     "mlp": r"(?:gate|up|down)_proj",
     "norm": r"input_layernorm|post_attention_layernorm|pre_feedforward_layernorm|post_feedforward_layernorm",
     "qk": r"[qk]_norm",
     "leaf": r"weight|bias",
+    "lin": r"in_proj_(?:qkv|z|a|b)|out_proj",  # Qwen3.5 Gated DeltaNet projections
+    "lin_p": r"conv1d\.weight|dt_bias|A_log|norm\.weight",  # ... and its other parameters, kept as they are
     # GPT2LMHeadModel saves "transformer.h.0..."; the Hub's original GPT-2 files (GPT2Model) have no prefix.
     "gpt2": r"(?:transformer\.)?",
 }
@@ -65,6 +75,7 @@ class Rule:
     names: tuple[str, ...] | str
     transform: str
     axis: int = 0
+    stack: bool = False  # HF has one tensor per expert {e}; jaxgen's parameter stacks them on a leading axis
     hf_pattern: re.Pattern = dataclasses.field(init=False, repr=False, compare=False)
     patterns: tuple[re.Pattern, ...] = dataclasses.field(init=False, repr=False, compare=False)
 
@@ -85,6 +96,7 @@ class Piece:
     target: str
     transform: str
     part: tuple[int, int, int] | None = None
+    index: int | None = None  # a stacking rule's slot: this tensor is ``target[index]``
 
 
 _L = "model.layers.{i}"
@@ -130,7 +142,33 @@ PHI3_RULES: tuple[Rule, ...] = (
     Rule(f"{_L}.mlp.gate_up_proj.weight", (f"{_L}.mlp.gate_proj.kernel", f"{_L}.mlp.up_proj.kernel"), "transpose"),
 ) + LLAMA_RULES
 
+# MoE (Mixtral, Qwen2/3-MoE): experts stacked [E, in, out]. transformers 5 holds them fused in memory
+# (gate_up_proj [E, 2 * inter, hidden], gate first; down_proj [E, hidden, inter]) but save_pretrained writes the
+# per-expert layout (Mixtral: block_sparse_moe.experts.{e}.w1/w3/w2 = gate/up/down); both are read. The fused
+# rules come first, so that export writes the fused form.
+_X = f"{_L}.mlp.experts"
+MOE_RULES: tuple[Rule, ...] = (
+    Rule(f"{_X}.gate_up_proj", (f"{_X}.gate_proj", f"{_X}.up_proj"), "swap_last", axis=1),
+    Rule(f"{_X}.down_proj", f"{_X}.down_proj", "swap_last"),
+    Rule(f"{_X}.{{e}}.{{mlp}}.weight", f"{_X}.{{mlp}}", "transpose", stack=True),
+    Rule(f"{_L}.block_sparse_moe.experts.{{e}}.w1.weight", f"{_X}.gate_proj", "transpose", stack=True),
+    Rule(f"{_L}.block_sparse_moe.experts.{{e}}.w3.weight", f"{_X}.up_proj", "transpose", stack=True),
+    Rule(f"{_L}.block_sparse_moe.experts.{{e}}.w2.weight", f"{_X}.down_proj", "transpose", stack=True),
+    Rule(f"{_L}.mlp.gate.weight", f"{_L}.mlp.gate.kernel", "transpose"),  # first: export writes transformers 5's
+    Rule(f"{_L}.block_sparse_moe.gate.weight", f"{_L}.mlp.gate.kernel", "transpose"),
+    Rule(f"{_L}.mlp.shared_expert.{{mlp}}.weight", f"{_L}.mlp.shared_expert.{{mlp}}.kernel", "transpose"),
+    Rule(f"{_L}.mlp.shared_expert_gate.weight", f"{_L}.mlp.shared_expert_gate.kernel", "transpose"),
+) + LLAMA_RULES
+
+# Qwen3.5 text: Llama's layout (the full-attention q_proj holds [q | gate] per head, unsplit: one tensor) plus the
+# linear_attn layers; conv1d.weight stays torch's depthwise [C, 1, K].
+QWEN3_5_RULES: tuple[Rule, ...] = (
+    Rule(f"{_L}.linear_attn.{{lin}}.weight", f"{_L}.linear_attn.{{lin}}.kernel", "transpose"),
+    Rule(f"{_L}.linear_attn.{{lin_p}}", f"{_L}.linear_attn.{{lin_p}}", "identity"),
+) + LLAMA_RULES
+
 TABLES: dict[str, tuple[Rule, ...]] = {
+    "qwen3_5_text": QWEN3_5_RULES,
     "llama": LLAMA_RULES,
     "mistral": LLAMA_RULES,
     "qwen2": LLAMA_RULES,
@@ -140,6 +178,9 @@ TABLES: dict[str, tuple[Rule, ...]] = {
     "gemma2": LLAMA_RULES,
     "gemma3_text": LLAMA_RULES,
     "phi3": PHI3_RULES,
+    "mixtral": MOE_RULES,
+    "qwen2_moe": MOE_RULES,
+    "qwen3_moe": MOE_RULES,
 }
 
 # Non-parameter buffers that older transformers versions saved; they are recomputed from the config (RoPE
@@ -187,6 +228,9 @@ def plan_key(model_type: str, key: str,
         return None
     names, transform, axis = found
     back = SHAPE_OF[INVERSE[transform]]
+    rule, slots = _match(model_type, key)
+    if rule.stack:  # one expert's slice of a stacked parameter
+        return [Piece(names[0], transform, index=int(slots["e"]))], back(expected[names[0]][1:])
     if len(names) == 1:
         return [Piece(names[0], transform)], back(expected[names[0]])
     shapes = [back(expected[n]) for n in names]
@@ -211,6 +255,8 @@ def hf_key(model_type: str, name: str) -> tuple[str, str] | None:
     """``(HF key, transform name)`` that turns jaxgen parameter ``name`` back into its HF tensor (for a part of a
     fused tensor: the fused key; :func:`merge_order` says how the parts join), or None."""
     for rule in TABLES[model_type]:
+        if rule.stack:  # export writes the fused form (a rule earlier in the table)
+            continue
         for pattern in rule.patterns:
             m = pattern.fullmatch(name)
             if m:

@@ -18,7 +18,7 @@ from typing import Any
 _EXPORTS = {
     "ModelConfig": "jaxgen.config",
     "JaxgenError": "jaxgen.errors", "ConfigError": "jaxgen.errors", "CheckpointError": "jaxgen.errors",
-    "GenerationError": "jaxgen.errors",
+    "GenerationError": "jaxgen.errors", "NonFiniteLogitsError": "jaxgen.errors",
     "Model": "jaxgen.model",
     "load_model": "jaxgen.loading",
     "generate": "jaxgen.api.generate", "compile_count": "jaxgen.api.generate", "lower": "jaxgen.api.generate",
@@ -28,6 +28,7 @@ _EXPORTS = {
     "TextGeneration": "jaxgen.text.generate_text", "generate_text": "jaxgen.text.generate_text",
     "load_tokenizer": "jaxgen.text.tokenizer",
     "make_mesh": "jaxgen.parallel.sharding",
+    "Engine": "jaxgen.engine.engine",
 }
 
 __all__ = sorted(_EXPORTS)

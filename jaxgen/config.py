@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from jaxgen.errors import ConfigError, read_json_object
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma", "gemma2", "gemma3_text",
-                         "phi3")
+                         "phi3", "mixtral", "qwen2_moe", "qwen3_moe", "qwen3_5_text")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
 SUPPORTED_ACTIVATIONS = ("silu",)
 
@@ -62,7 +62,7 @@ class RopeConfig:
 # --- per-layer specs: what one decoder Block reads (jaxgen.nn.transformer.Block) ----------------------------------
 NORM_KINDS = ("rms", "gemma_rms", "layer")
 RESIDUALS = ("pre", "sandwich")
-MLP_KINDS = ("gated", "plain")
+MLP_KINDS = ("gated", "plain", "moe")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 
 
@@ -92,6 +92,37 @@ class AttentionSpec:
     qk_norm: bool = False
     qkv_bias: bool = False
     o_bias: bool = False
+    output_gate: bool = False  # Qwen3.5: q_proj emits [q | gate] per head; out * sigmoid(gate) before o_proj
+
+
+@dataclasses.dataclass(frozen=True)
+class MoESpec:
+    """A mixture-of-experts MLP (jaxgen.nn.moe): ``num_experts`` gated experts of width ``intermediate_size``, each
+    token routed to ``top_k`` by a softmax (float32) over a bias-free router; ``norm_topk_prob``: the chosen
+    probabilities renormalised to sum to 1 (Mixtral always; Qwen per config). ``shared_intermediate_size`` > 0 adds
+    a dense shared expert scaled by ``sigmoid(shared_expert_gate(x))`` (Qwen2-MoE)."""
+
+    num_experts: int
+    top_k: int
+    intermediate_size: int
+    norm_topk_prob: bool = True
+    shared_intermediate_size: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearAttentionSpec:
+    """A Gated DeltaNet token mixer (Qwen3.5 / Qwen3-Next ``linear_attention`` layers, jaxgen.nn.linear_attention):
+    its cache is a conv state ``[B, conv_kernel - 1, conv_dim]`` and a recurrent state ``[B, Hv, Dk, Dv]``."""
+
+    num_k_heads: int
+    num_v_heads: int
+    k_head_dim: int
+    v_head_dim: int
+    conv_kernel: int = 4
+
+    @property
+    def conv_dim(self) -> int:
+        return 2 * self.num_k_heads * self.k_head_dim + self.num_v_heads * self.v_head_dim
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,9 +137,12 @@ class LayerSpec:
     mlp: str = "gated"
     activation: str = "silu"
     mlp_bias: bool = False
+    moe: MoESpec | None = None  # set exactly when mlp == "moe"
+    linear: LinearAttentionSpec | None = None  # set: a Gated DeltaNet layer instead of self-attention
 
     def __post_init__(self):
         assert self.residual in RESIDUALS and self.mlp in MLP_KINDS and self.activation in ACTIVATIONS, self
+        assert (self.mlp == "moe") == (self.moe is not None), self
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,12 +212,23 @@ class ModelConfig:
         total = v * h * (1 if self.tie_word_embeddings else 2) + norm(self.final_norm, h)
         total += self.max_position_embeddings * h * (self.position_embedding == "learned")
         for spec in self.layers:
-            a = spec.attention
-            total += 2 * h * self.q_size + 2 * h * self.kv_size
-            total += (self.q_size + 2 * self.kv_size) * a.qkv_bias + h * a.o_bias
-            total += 2 * norm(spec.norm, self.head_dim) * a.qk_norm
-            n_mats = 3 if spec.mlp == "gated" else 2
-            total += n_mats * h * i + ((n_mats - 1) * i + h) * spec.mlp_bias
+            a, lin = spec.attention, spec.linear
+            if lin is not None:  # Gated DeltaNet: qkv, z, b, a, out projections, conv, dt_bias, A_log, gated norm
+                vd = lin.num_v_heads * lin.v_head_dim
+                total += h * (lin.conv_dim + vd + 2 * lin.num_v_heads) + vd * h
+                total += lin.conv_dim * lin.conv_kernel + 2 * lin.num_v_heads + lin.v_head_dim
+            else:
+                q_out = self.q_size * (2 if a.output_gate else 1)  # Qwen3.5's q_proj: [q | gate] per head
+                total += h * (q_out + self.q_size) + 2 * h * self.kv_size
+                total += (q_out + 2 * self.kv_size) * a.qkv_bias + h * a.o_bias
+                total += 2 * norm(spec.norm, self.head_dim) * a.qk_norm
+            if spec.moe is not None:  # experts, router, shared expert and its gate
+                m = spec.moe
+                total += 3 * h * (m.num_experts * m.intermediate_size + m.shared_intermediate_size)
+                total += h * m.num_experts + h * (m.shared_intermediate_size > 0)
+            else:
+                n_mats = 3 if spec.mlp == "gated" else 2
+                total += n_mats * h * i + ((n_mats - 1) * i + h) * spec.mlp_bias
             total += (4 if spec.residual == "sandwich" else 2) * norm(spec.norm, h)
         return total
 

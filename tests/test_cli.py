@@ -147,9 +147,13 @@ def test_every_generation_config_field_is_a_flag_in_both_spellings():
     values = dict(max_new_tokens="7", max_length="30", min_new_tokens="2", temperature="0.5", top_k="5",
                   top_p="0.9", min_p="0.1", repetition_penalty="1.2", num_beams="2", length_penalty="0.5",
                   early_stopping="never", num_return_sequences="2", eos_token_id="2,3", pad_token_id="0",
-                  bos_token_id="1", top_logprobs="4", logprobs_mode="processed")
+                  bos_token_id="1", top_logprobs="4", logprobs_mode="processed", min_length="3",
+                  no_repeat_ngram_size="2", bad_words_ids="5;7,8", suppress_tokens="9,10", begin_suppress_tokens="11",
+                  sequence_bias="7,8=-2.5;9=1", typical_p="0.9", epsilon_cutoff="0.01", eta_cutoff="0.02",
+                  exponential_decay_length_penalty="4,1.1", forced_bos_token_id="1", forced_eos_token_id="2",
+                  stop_strings='["\\n\\n", "###"]', presence_penalty="0.5", frequency_penalty="-0.5")
     fields = {f.name for f in dataclasses.fields(GenerationConfig)}
-    assert fields == set(values) | {"do_sample"}
+    assert fields == set(values) | {"do_sample", "renormalize_logits"}
     for spelling in (lambda n: n.replace("_", "-"), lambda n: n):
         argv = ["generate", "x", "--do-sample"]
         for name, v in values.items():
@@ -158,6 +162,9 @@ def test_every_generation_config_field_is_a_flag_in_both_spellings():
         cfg = GenerationConfig().replace(**overrides)
         assert cfg.max_new_tokens == 7 and cfg.eos_token_id == (2, 3) and cfg.early_stopping == "never"
         assert cfg.do_sample is True and cfg.min_p == 0.1 and cfg.logprobs_mode == "processed"
+        assert cfg.bad_words_ids == ((5,), (7, 8)) and cfg.sequence_bias == (((7, 8), -2.5), ((9,), 1.0))
+        assert cfg.stop_strings == ("\n\n", "###") and cfg.exponential_decay_length_penalty == (4, 1.1)
+        cfg.replace(num_beams=1).validate(128)
     assert cli.overrides(parser.parse_args(["generate", "x"])) == {}  # unset flags keep the model's defaults
     assert cli.overrides(parser.parse_args(["generate", "x", "--no-do-sample"])) == {"do_sample": False}
 

@@ -22,6 +22,13 @@ EXTRA = {
     "llama_all_biases": ("LlamaConfig", dict(attention_bias=True, mlp_bias=True)),
     "qwen3_bias_tied_12_layers": ("Qwen3Config", dict(attention_bias=True, tie_word_embeddings=True,
                                                       num_hidden_layers=12)),
+    # Mixture of experts (tests/test_moe.py has the parity checks): stacked experts, router, shared expert, and
+    # dense layers among sparse ones.
+    "mixtral_moe": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2)),
+    "qwen2_moe_shared": ("Qwen2MoeConfig", dict(num_experts=4, moe_intermediate_size=32,
+                                                shared_expert_intermediate_size=48, decoder_sparse_step=2)),
+    "qwen3_moe_mixed": ("Qwen3MoeConfig", dict(num_hidden_layers=3, num_experts=8, moe_intermediate_size=32,
+                                               mlp_only_layers=[1])),
 }
 
 

@@ -83,6 +83,13 @@ cheap = st.fixed_dictionaries(dict(
     early_stopping=st.sampled_from([True, False, "never", 1, None]),
     eos_token_id=st.one_of(st.none(), st.integers(-1, VOCAB), st.lists(st.integers(0, VOCAB), max_size=3)),
     pad_token_id=st.one_of(st.none(), st.integers(-1, VOCAB)), max_length=st.one_of(st.integers(), floats),
+    # the options of jaxgen.decode.extra_processors (ranges that cannot ban every token)
+    no_repeat_ngram_size=st.integers(-1, 3), min_length=st.integers(-1, 12), typical_p=floats,
+    epsilon_cutoff=floats, eta_cutoff=floats, presence_penalty=floats, frequency_penalty=floats,
+    renormalize_logits=st.sampled_from([True, False, 1]),
+    suppress_tokens=st.one_of(st.none(), st.lists(st.integers(-1, VOCAB), max_size=3)),
+    bad_words_ids=st.one_of(st.none(), st.lists(st.lists(st.integers(0, VOCAB - 1), max_size=3), max_size=3)),
+    exponential_decay_length_penalty=st.one_of(st.none(), st.tuples(st.integers(-1, 8), st.floats(0.0, 1.5))),
 ))
 
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from jaxgen.api.extra_options import effective_min_new_tokens, extra_setup
 from jaxgen.api.generation_config import GenerationConfig
 from jaxgen.api.inputs import bucket, check_context, check_memory, check_tokens, model_tokens, to_device
 from jaxgen.api.outputs import GenerationOutput
@@ -35,10 +36,10 @@ def default_generation_config(model: Model) -> GenerationConfig:
     for name in ("pad_token_id", "bos_token_id"):
         if base.get(name) is None and getattr(cfg, name) is not None:
             base[name] = getattr(cfg, name)
+    where = f"{model.path}/generation_config.json" if model.path else "the model's generation config"
     try:
-        return GenerationConfig.from_dict(base)
+        return GenerationConfig.from_dict(base, source=where)
     except ValueError as e:  # name the file the bad value came from
-        where = f"{model.path}/generation_config.json" if model.path else "the model's generation config"
         raise ValueError(f"{where}: {e}") from e
 
 
@@ -100,7 +101,7 @@ class _Call:
 
 def _prepare(model: Model, input_ids: Any, attention_mask: Any, config: GenerationConfig | None, key: Any,
              overrides: dict[str, Any], streaming_on: bool = False, stream_every: int = 8,
-             stream_id: int = 0) -> _Call:
+             stream_id: int = 0, tokenizer: Any = None) -> _Call:
     """Everything host-side, in numpy: validation (before anything compiles), padding to buckets, static/traced
     split. Nothing here runs a jax operation, so a call in a known bucket compiles nothing."""
     cfg = resolve_config(model, config, overrides)
@@ -152,14 +153,18 @@ def _prepare(model: Model, input_ids: Any, attention_mask: Any, config: Generati
                     ret=(np.arange(rb) % r).astype(np.int32))
         key_plan = KeyPlan(fold_prompt=single and b > 1, fold_return=r > 1)
 
+    min_new = effective_min_new_tokens(cfg, t)  # min_length folded in
+    extra_plan, extra_params = extra_setup(cfg, vocab=model.config.vocab_size, prompt_len=t, max_new=max_new,
+                                           buffer_len=nb, do_sample=do_sample, tokenizer=tokenizer)
     plan = P.ProcessorPlan(
         repetition_penalty=cfg.repetition_penalty != 1.0,
-        min_new_tokens=cfg.min_new_tokens > 0 and bool(cfg.eos_token_ids),
+        min_new_tokens=min_new > 0 and bool(cfg.eos_token_ids),
         eos_token_ids=cfg.eos_token_ids,
         # Sampling filters are always in a sampling program: their off values (temperature 1, top_p 1, min_p 0)
         # are exact no-ops, so switching them on and off reuses the program.
         temperature=do_sample, top_k=do_sample and cfg.top_k != 0, top_p=do_sample, min_p=do_sample,
         top_k_candidates=P.candidate_count(cfg.top_k, model.config.vocab_size) if do_sample else 0,
+        extra=extra_plan,
     )
     stream = streaming_on and not beam
     # Sampling repeats the prompt rows on the host, so R only shapes beam search's output inside the program;
@@ -174,7 +179,7 @@ def _prepare(model: Model, input_ids: Any, attention_mask: Any, config: Generati
         processors=P.ProcessorParams(
             temperature=f32(cfg.temperature), top_k=i32(min(cfg.top_k, model.config.vocab_size)),
             top_p=f32(cfg.top_p), min_p=f32(cfg.min_p or 0.0),
-            repetition_penalty=f32(cfg.repetition_penalty), min_new_tokens=i32(cfg.min_new_tokens)),
+            repetition_penalty=f32(cfg.repetition_penalty), min_new_tokens=i32(min_new), extra=extra_params),
         max_new_tokens=i32(max_new), pad_token_id=i32(pad), length_penalty=f32(cfg.length_penalty),
         stream_id=i32(stream_id))
 
@@ -195,7 +200,7 @@ def _prepare(model: Model, input_ids: Any, attention_mask: Any, config: Generati
 
 
 def generate(model: Model, input_ids: Any, attention_mask: Any = None, config: GenerationConfig | None = None,
-             key: Any = None, *, streamer: Streamer | None = None, stream_every: int = 8,
+             key: Any = None, *, streamer: Streamer | None = None, stream_every: int = 8, tokenizer: Any = None,
              **overrides: Any) -> GenerationOutput:
     """Generate continuations of left-padded ``input_ids`` int32 ``[B, T]`` with one compiled program.
 
@@ -207,7 +212,8 @@ def generate(model: Model, input_ids: Any, attention_mask: Any = None, config: G
 
     ``streamer(tokens[B', N], num_steps, done[B'])`` (greedy/sampling) receives the new tokens every
     ``stream_every`` steps from inside the compiled loop (rows in call order; only the first ``num_steps``
-    columns are filled).
+    columns are filled). ``tokenizer``: needed only for ``stop_strings`` (their table is built from its
+    vocabulary once and cached).
     """
     user_streamer = streamer
 
@@ -216,7 +222,7 @@ def generate(model: Model, input_ids: Any, attention_mask: Any = None, config: G
 
     with streaming.open_stream(route if streamer is not None else None) as stream_id:
         call = _prepare(model, input_ids, attention_mask, config, key, overrides, streamer is not None,
-                        stream_every, stream_id)
+                        stream_every, stream_id, tokenizer)
         rows = call.rows
         res = jax.block_until_ready(_compiled(*call.args))
     if jax.process_count() > 1:  # results span hosts: every process gets the full arrays (process 0 writes them)
@@ -250,10 +256,11 @@ def compile_count() -> int:
 
 
 def lower(model: Model, input_ids: Any, attention_mask: Any = None, config: GenerationConfig | None = None,
-          key: Any = None, **overrides: Any) -> jax.stages.Lowered:
+          key: Any = None, *, tokenizer: Any = None, **overrides: Any) -> jax.stages.Lowered:
     """The compiled program ``generate`` would run for these arguments, lowered (``.compile()``, ``.as_text()``,
     ``.compile().input_shardings``) — for inspecting shardings and compile cost without running it."""
-    return _compiled.lower(*_prepare(model, input_ids, attention_mask, config, key, overrides).args)
+    return _compiled.lower(*_prepare(model, input_ids, attention_mask, config, key, overrides,
+                                     tokenizer=tokenizer).args)
 
 
 def _row_keys(keys: dict[str, Array], plan: KeyPlan) -> tuple[Array, Array]:

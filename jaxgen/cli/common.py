@@ -120,6 +120,65 @@ def _int_list(text: str) -> int | tuple[int, ...]:
     return values[0] if len(values) == 1 else values
 
 
+def _ids(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated token ids, got {text!r}") from None
+
+
+def _json_or(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected {what}; {text!r} is not valid JSON ({e})") from None
+
+
+def _id_lists(text: str) -> tuple[tuple[int, ...], ...]:
+    """``--bad-words-ids "5;7,8"`` (sequences separated by ``;``) or JSON ``[[5], [7, 8]]``."""
+    if text.lstrip().startswith("["):
+        return _json_or(text, "a JSON list of token-id lists")  # GenerationConfig.validate judges the shape
+    lists = tuple(_ids(part) for part in text.split(";"))
+    if not all(lists):
+        raise argparse.ArgumentTypeError(f"expected token-id sequences separated by ';' (e.g. 5;7,8), got {text!r}")
+    return lists
+
+
+def _sequence_bias(text: str) -> Any:
+    """``--sequence-bias "7,8=-2.5;9=1"`` or JSON ``[[[7, 8], -2.5], [[9], 1.0]]``."""
+    if text.lstrip().startswith("["):
+        return _json_or(text, "a JSON list of [token ids, bias] pairs")
+    pairs = []
+    for part in text.split(";"):
+        ids, sep, bias = part.rpartition("=")
+        try:
+            pairs.append((_ids(ids), float(bias)))
+        except ValueError:
+            sep = ""
+        if not sep or not pairs[-1][0]:
+            raise argparse.ArgumentTypeError(f"expected IDS=BIAS pairs separated by ';' (e.g. 7,8=-2.5;9=1), "
+                                             f"got {text!r}")
+    return tuple(pairs)
+
+
+def _decay(text: str) -> tuple[int, float]:
+    parts = text.split(",")
+    try:
+        if len(parts) == 2:
+            return int(parts[0]), float(parts[1])
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected START,FACTOR (e.g. 10,1.05), got {text!r}")
+
+
+def _stop_strings(text: str) -> str | tuple[str, ...]:
+    """One stop string, or a JSON list of them (``'["\\n\\n", "###"]'``)."""
+    if text.lstrip().startswith("["):
+        value = _json_or(text, "a JSON list of strings")
+        return tuple(value) if isinstance(value, list) else value
+    return text
+
+
 # How each GenerationConfig annotation is read from the command line (a test checks that every field has a flag).
 _PARSERS: dict[str, dict[str, Any]] = {
     "int": dict(type=int, metavar="N"),
@@ -129,6 +188,12 @@ _PARSERS: dict[str, dict[str, Any]] = {
     "bool": dict(action=argparse.BooleanOptionalAction),  # --do-sample / --no-do-sample
     "bool | str": dict(type=_early_stopping, metavar="{true,false,never}"),
     "int | tuple[int, ...] | None": dict(type=_optional(_int_list), metavar="ID[,ID...]"),
+    "tuple[int, ...] | None": dict(type=_optional(_ids), metavar="ID[,ID...]"),
+    "tuple[tuple[int, ...], ...] | None": dict(type=_optional(_id_lists), metavar="IDS[;IDS...]"),
+    "tuple[tuple[tuple[int, ...], float], ...] | None": dict(type=_optional(_sequence_bias),
+                                                             metavar="IDS=BIAS[;IDS=BIAS...]"),
+    "tuple[int, float] | None": dict(type=_optional(_decay), metavar="START,FACTOR"),
+    "str | tuple[str, ...] | None": dict(type=_stop_strings, metavar="TEXT|JSON_LIST"),
 }
 _CHOICES = {"logprobs_mode": ("raw", "processed")}
 

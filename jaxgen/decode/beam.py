@@ -15,9 +15,11 @@ from flax import struct
 from jax import Array
 
 from jaxgen.cache import KVCache, reorder_rows
+from jaxgen.decode import extra_processors as X
 from jaxgen.decode import processors as P
 from jaxgen.decode.logprobs import token_and_top_logprobs
-from jaxgen.decode.loop import DecodeParams, DecodeSpec, model_if, nonfinite_rows, prefill, seen_tokens
+from jaxgen.decode.loop import (DecodeParams, DecodeSpec, model_if, nonfinite_rows, prefill, seen_tokens,
+                                stop_string_hit)
 from jaxgen.decode.topk import top_k
 
 BIG = 1.0e9  # transformers' "very large" score offset, kept identical so float rounding matches too
@@ -57,6 +59,7 @@ class BeamState:
     logits: Array  # f32[b*nb, V]: the model's logits for each beam's next token
     nonfinite_step: Array  # i32[b]: first step whose logits held NaN or +inf, over the item's beams (-1: none)
     cache: KVCache
+    counts: Array | None = None  # i32[b*nb, V] with presence/frequency penalties: each beam's output token counts
 
 
 def beam_search(step, params, input_ids: Array, mask: Array, cache: KVCache, spec: DecodeSpec,
@@ -76,6 +79,7 @@ def beam_search(step, params, input_ids: Array, mask: Array, cache: KVCache, spe
     vocab = logits.shape[-1]
     seen = (seen_tokens(jnp.repeat(input_ids, nb, 0), jnp.repeat(mask, nb, 0), vocab) if plan.repetition_penalty
             else jnp.zeros((rows, 0), bool))
+    beam_prompt, beam_mask = jnp.repeat(input_ids, nb, axis=0), jnp.repeat(mask, nb, axis=0)
 
     def empty(count: int) -> Hypotheses:
         return Hypotheses(tokens=jnp.full((b, count, n), dp.pad_token_id, jnp.int32),
@@ -89,7 +93,8 @@ def beam_search(step, params, input_ids: Array, mask: Array, cache: KVCache, spe
         finished=empty(nb), finished_scores=jnp.full((b, nb), -BIG, jnp.float32),
         finished_lengths=jnp.zeros((b, nb), jnp.int32), is_finished=jnp.zeros((b, nb), bool),
         improvable=jnp.ones((b, 1), bool), all_candidates_stopped=jnp.zeros((), bool), seen=seen,
-        positions=positions, logits=logits, nonfinite_step=jnp.full((b,), -1, jnp.int32), cache=cache)
+        positions=positions, logits=logits, nonfinite_step=jnp.full((b,), -1, jnp.int32), cache=cache,
+        counts=jnp.zeros((rows, vocab), jnp.int32) if plan.extra.counts else None)
     top_nb_mask = jnp.arange(kk) < nb
     length_penalty = dp.length_penalty
 
@@ -98,7 +103,10 @@ def beam_search(step, params, input_ids: Array, mask: Array, cache: KVCache, spe
         bad_item = jnp.any(nonfinite_rows(logits).reshape(b, nb), axis=1)
         nonfinite_step = jnp.where((state.nonfinite_step < 0) & bad_item, i, state.nonfinite_step)
         log_probs = jax.nn.log_softmax(logits, axis=-1)
-        scores = P.process(log_probs, plan, dp.processors, seen=state.seen, num_generated=i, do_sample=False)
+        context = X.Context(prompt=beam_prompt, prompt_mask=beam_mask, tokens=state.running.tokens.reshape(rows, n),
+                            step=i, counts=state.counts) if X.needs_context(plan.extra) else None
+        scores = P.process(log_probs, plan, dp.processors, seen=state.seen, num_generated=i, do_sample=False,
+                           context=context)
         record = scores if spec.logprobs_mode == "processed" else log_probs
         if spec.logprobs_mode == "processed":
             record = jax.nn.log_softmax(record, axis=-1)
@@ -122,6 +130,10 @@ def beam_search(step, params, input_ids: Array, mask: Array, cache: KVCache, spe
         stopped = (i + 1 >= dp.max_new_tokens) | jnp.zeros((b, kk), bool)
         if n_eos:
             stopped |= jnp.any(token[..., None] == jnp.asarray(plan.eos_token_ids, jnp.int32), axis=-1)
+        if plan.extra.stop_window:  # transformers checks its stopping criteria on every candidate
+            stopped |= stop_string_hit(plan, dp.processors, jnp.repeat(input_ids, kk, axis=0),
+                                       jnp.repeat(mask, kk, axis=0), cand.tokens.reshape(b * kk, n),
+                                       i + 1).reshape(b, kk)
 
         # Continue with the best num_beams candidates that did not stop.
         live_scores = cand_scores + stopped.astype(jnp.float32) * -BIG
@@ -157,12 +169,16 @@ def beam_search(step, params, input_ids: Array, mask: Array, cache: KVCache, spe
 
         flat_origin = (jnp.arange(b)[:, None] * nb + origin).reshape(-1)
         seen_next = state.seen
+        new_tokens = running.tokens[:, :, i].reshape(-1)
         if plan.repetition_penalty:
-            seen_next = seen_next[flat_origin].at[jnp.arange(rows), running.tokens[:, :, i].reshape(-1)].set(True)
+            seen_next = seen_next[flat_origin].at[jnp.arange(rows), new_tokens].set(True)
+        counts = state.counts
+        if plan.extra.counts:
+            counts = X.count_tokens(counts[flat_origin], new_tokens, jnp.ones((rows,), bool))
         return state.replace(
             step=i + 1, running=running, running_scores=running_scores, finished=finished,
             finished_scores=finished_scores, finished_lengths=finished_lengths, is_finished=is_finished,
-            improvable=improvable, all_candidates_stopped=jnp.all(stopped), seen=seen_next,
+            improvable=improvable, all_candidates_stopped=jnp.all(stopped), seen=seen_next, counts=counts,
             nonfinite_step=nonfinite_step,
             cache=reorder_rows(state.cache, flat_origin), positions=state.positions[flat_origin])
 

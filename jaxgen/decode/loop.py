@@ -15,9 +15,11 @@ from flax import struct
 from jax import Array
 
 from jaxgen.cache import KVCache
+from jaxgen.decode import extra_processors as X
 from jaxgen.decode import processors as P
 from jaxgen.decode.logprobs import token_and_top_logprobs
 from jaxgen.decode.sampling import greedy, sample_from_uniform, step_uniforms
+from jaxgen.decode.stop_strings import stop_hit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +62,7 @@ class LoopState:
     logits: Array  # f32[B, V]: the model's logits for the next token
     nonfinite_step: Array  # i32[B]: first step whose logits held NaN or +inf (-1: none)
     cache: KVCache
+    counts: Array | None = None  # i32[B, V] with presence/frequency penalties: occurrences in the output so far
 
 
 def nonfinite_rows(logits: Array) -> Array:
@@ -113,6 +116,16 @@ def _is_eos(tokens: Array, eos_ids: tuple[int, ...]) -> Array:
     return jnp.any(tokens[:, None] == jnp.asarray(eos_ids, jnp.int32)[None, :], axis=-1)
 
 
+def stop_string_hit(plan: P.ProcessorPlan, params: P.ProcessorParams, prompt: Array, prompt_mask: Array,
+                    tokens: Array, length: Array) -> Array:
+    """``bool[B]``: rows whose newest token (``tokens[:, length - 1]``) completes a stop string (transformers'
+    ``StopStringCriteria`` over the prompt's real tokens and the generated ones)."""
+    if not plan.extra.stop_window:
+        return jnp.zeros(tokens.shape[:1], bool)
+    ids, valid = X.tail(prompt, prompt_mask, tokens, length, plan.extra.stop_window)
+    return stop_hit(params.extra.stop, ids, valid)
+
+
 def decode(step, params, input_ids: Array, mask: Array, row_keys: Array | None, cache: KVCache,
            spec: DecodeSpec, dp: DecodeParams, emit=None) -> LoopState:
     """Greedy or sampled decoding of ``input_ids[B, T]`` (left-padded, ``mask[B, T]``) up to ``dp.max_new_tokens``.
@@ -127,16 +140,19 @@ def decode(step, params, input_ids: Array, mask: Array, row_keys: Array | None, 
     vocab = logits.shape[-1]
     plan = spec.plan
     seen = seen_tokens(input_ids, mask, vocab) if plan.repetition_penalty else jnp.zeros((b, 0), bool)
+    counts = jnp.zeros((b, vocab), jnp.int32) if plan.extra.counts else None
     state = LoopState(
         step=jnp.zeros((), jnp.int32), tokens=jnp.full((b, n), dp.pad_token_id, jnp.int32),
         token_logprobs=jnp.zeros((b, n), jnp.float32), top_ids=jnp.full((b, n, k), -1, jnp.int32),
         top_logprobs=jnp.zeros((b, n, k), jnp.float32), done=jnp.zeros((b,), bool),
         num_generated=jnp.zeros((b,), jnp.int32), positions=positions, seen=seen, logits=logits,
-        nonfinite_step=jnp.full((b,), -1, jnp.int32), cache=cache)
+        nonfinite_step=jnp.full((b,), -1, jnp.int32), cache=cache, counts=counts)
 
     def choose(state: LoopState, logits: Array) -> LoopState:
+        context = X.Context(prompt=input_ids, prompt_mask=mask, tokens=state.tokens, step=state.step,
+                            counts=state.counts) if X.needs_context(plan.extra) else None
         scores = P.process(logits, plan, dp.processors, seen=state.seen, num_generated=state.step,
-                           do_sample=spec.do_sample)
+                           do_sample=spec.do_sample, context=context)
         if spec.do_sample:
             token = sample_from_uniform(scores, step_uniforms(row_keys, state.step))
         else:
@@ -153,11 +169,16 @@ def decode(step, params, input_ids: Array, mask: Array, row_keys: Array | None, 
         seen = state.seen
         if plan.repetition_penalty:
             seen = seen.at[jnp.arange(b), token].set(True)
+        counts = state.counts
+        if plan.extra.counts:
+            counts = X.count_tokens(counts, token, live)
+        tokens = state.tokens.at[:, i].set(token)
         return state.replace(
-            tokens=state.tokens.at[:, i].set(token), token_logprobs=state.token_logprobs.at[:, i].set(lp),
+            tokens=tokens, token_logprobs=state.token_logprobs.at[:, i].set(lp),
             top_ids=state.top_ids.at[:, i].set(top_ids), top_logprobs=state.top_logprobs.at[:, i].set(top_lp),
-            done=state.done | _is_eos(token, plan.eos_token_ids), num_generated=state.num_generated + live,
-            seen=seen, nonfinite_step=bad, step=i + 1)
+            done=state.done | _is_eos(token, plan.eos_token_ids)
+            | stop_string_hit(plan, dp.processors, input_ids, mask, tokens, i + 1),
+            num_generated=state.num_generated + live, seen=seen, counts=counts, nonfinite_step=bad, step=i + 1)
 
     def cond(state: LoopState) -> Array:
         return (state.step < dp.max_new_tokens) & ~jnp.all(state.done)

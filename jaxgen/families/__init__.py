@@ -10,7 +10,7 @@ from typing import Callable
 
 from jaxgen.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from jaxgen.errors import ConfigError
-from jaxgen.families import gemma, gpt2, llama, phi3
+from jaxgen.families import gemma, gpt2, llama, moe, phi3, qwen3_5
 
 Parser = Callable[[dict, str], ModelConfig]
 
@@ -19,6 +19,8 @@ PARSERS: dict[str, Parser] = {
     "gpt2": gpt2.parse,
     "gemma": gemma.parse, "gemma2": gemma.parse, "gemma3_text": gemma.parse,
     "phi3": phi3.parse,
+    "qwen3_5_text": qwen3_5.parse,
+    "mixtral": moe.parse, "qwen2_moe": moe.parse, "qwen3_moe": moe.parse,
 }
 assert set(PARSERS) == set(SUPPORTED_MODEL_TYPES), (set(PARSERS), SUPPORTED_MODEL_TYPES)
 

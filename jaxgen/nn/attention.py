@@ -19,7 +19,9 @@ class Attention(nnx.Module):
     def __init__(self, config: ModelConfig, spec: LayerSpec, *, dtype, param_dtype, precision, rngs: nnx.Rngs):
         h, c, a = config.hidden_size, config, spec.attention
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        self.q_proj = linear(h, c.q_size, a.qkv_bias, dtype, param_dtype, precision, rngs)
+        self.output_gate = a.output_gate
+        self.q_proj = linear(h, c.q_size * (2 if a.output_gate else 1), a.qkv_bias, dtype, param_dtype, precision,
+                             rngs)
         self.k_proj = linear(h, c.kv_size, a.qkv_bias, dtype, param_dtype, precision, rngs)
         self.v_proj = linear(h, c.kv_size, a.qkv_bias, dtype, param_dtype, precision, rngs)
         self.o_proj = linear(c.q_size, h, a.o_bias, dtype, param_dtype, precision, rngs)
@@ -39,7 +41,11 @@ class Attention(nnx.Module):
         Writes this call's keys/values at slot ``index`` and returns ``(out[B, T, hidden], k_cache, v_cache)``.
         """
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+        q = self.q_proj(x)
+        if self.output_gate:  # per head [q (head_dim) | gate (head_dim)], as transformers' Qwen3_5Attention chunks
+            q = q.reshape(b, t, self.num_heads, 2 * self.head_dim)
+            q, gate = q[..., :self.head_dim], q[..., self.head_dim:].reshape(b, t, -1)
+        q = q.reshape(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
@@ -60,4 +66,7 @@ class Attention(nnx.Module):
         scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
         out = jnp.einsum("bkgts,bksd->btkgd", probs, v_cache.astype(x.dtype), precision=self.precision)
-        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), k_cache, v_cache
+        out = out.reshape(b, t, self.num_heads * self.head_dim)
+        if self.output_gate:
+            out = out * jax.nn.sigmoid(gate)
+        return self.o_proj(out), k_cache, v_cache

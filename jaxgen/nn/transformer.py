@@ -19,7 +19,9 @@ from jax import Array
 from jaxgen.cache import KVCache, attention_mask, init_cache, write_valid
 from jaxgen.config import LayerSpec, ModelConfig
 from jaxgen.nn.attention import Attention
+from jaxgen.nn.linear_attention import GatedDeltaNet
 from jaxgen.nn.layers import MLP, linear, norm
+from jaxgen.nn.moe import MoE
 from jaxgen.nn.rope import rope_cos_sin
 
 
@@ -36,17 +38,29 @@ class Block(nnx.Module):
     def __init__(self, config: ModelConfig, spec: LayerSpec, *, dtype, param_dtype, precision, rngs: nnx.Rngs):
         h = config.hidden_size
         self.input_layernorm = norm(spec.norm, h, param_dtype)
-        self.self_attn = Attention(config, spec, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
+        self.linear = spec.linear is not None
+        if self.linear:  # Qwen3.5 linear_attention layer: Gated DeltaNet with its own (conv, recurrent) state
+            self.linear_attn = GatedDeltaNet(h, spec.linear, spec.norm.eps, dtype=dtype, param_dtype=param_dtype,
+                                             precision=precision, rngs=rngs)
+        else:
+            self.self_attn = Attention(config, spec, dtype=dtype, param_dtype=param_dtype, precision=precision,
+                                       rngs=rngs)
         self.post_attention_layernorm = norm(spec.norm, h, param_dtype)
         self.sandwich = spec.residual == "sandwich"
         if self.sandwich:
             self.pre_feedforward_layernorm = norm(spec.norm, h, param_dtype)
             self.post_feedforward_layernorm = norm(spec.norm, h, param_dtype)
-        self.mlp = MLP(h, config.intermediate_size, spec, dtype=dtype, param_dtype=param_dtype, precision=precision,
-                       rngs=rngs)
+        if spec.mlp == "moe":
+            self.mlp = MoE(h, spec, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
+        else:
+            self.mlp = MLP(h, config.intermediate_size, spec, dtype=dtype, param_dtype=param_dtype,
+                           precision=precision, rngs=rngs)
 
-    def __call__(self, x, rope, k_cache, v_cache, index, mask):
-        h, k_cache, v_cache = self.self_attn(self.input_layernorm(x), rope, k_cache, v_cache, index, mask)
+    def __call__(self, x, rope, k_cache, v_cache, index, mask, token_mask=None):
+        # A linear layer's two cache entries are its (conv, recurrent) states and it reads the token mask [B, T].
+        mixer = (lambda y: self.linear_attn(y, k_cache, v_cache, token_mask)) if self.linear else (
+            lambda y: self.self_attn(y, rope, k_cache, v_cache, index, mask))
+        h, k_cache, v_cache = mixer(self.input_layernorm(x))
         if self.sandwich:
             x = x + self.post_attention_layernorm(h)
             return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), k_cache, v_cache
@@ -110,7 +124,11 @@ class CausalLM(nnx.Module):
         if cfg.position_embedding == "learned":
             x = x + self.model.embed_positions(positions)
         keys, values = list(cache.keys), list(cache.values)
+        conv, rec = list(cache.conv), list(cache.recurrent)
         for i, (layer, spec) in enumerate(zip(self.model.layers, cfg.layers)):
+            if spec.linear is not None:
+                x, conv[i], rec[i] = layer(x, None, conv[i], rec[i], cache.index, None, mask)
+                continue
             rope = ropes.get(_rope_key(cfg, spec))
             x, keys[i], values[i] = layer(x, rope, keys[i], values[i], cache.index, masks[spec.attention.window])
         if logits_positions is not None:
@@ -125,5 +143,6 @@ class CausalLM(nnx.Module):
         if cfg.final_logit_softcap is not None:
             cap = cfg.final_logit_softcap
             logits = jnp.tanh(logits / cap) * cap
-        cache = cache.replace(keys=tuple(keys), values=tuple(values), index=cache.index + t)
+        cache = cache.replace(keys=tuple(keys), values=tuple(values), conv=tuple(conv), recurrent=tuple(rec),
+                              index=cache.index + t)
         return logits, cache

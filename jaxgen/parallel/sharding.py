@@ -32,6 +32,17 @@ PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r".*mlp\.(gate|up)_proj\.bias", ("mlp",)),
     (r".*mlp\.down_proj\.kernel", ("mlp", "embed")),
     (r".*norm\.(weight|bias)", (None,)),
+    # MoE (jaxgen.nn.moe): stacked experts over `model` when it divides their count, else their inner width.
+    (r".*mlp\.experts\.(gate|up)_proj", ("experts", "embed", "expert_mlp")),
+    (r".*mlp\.experts\.down_proj", ("experts", "expert_mlp", "embed")),
+    (r".*mlp\.(gate|shared_expert_gate)\.kernel", ("embed", None)),
+    (r".*mlp\.shared_expert\.(gate|up)_proj\.kernel", ("embed", "expert_mlp")),
+    (r".*mlp\.shared_expert\.down_proj\.kernel", ("expert_mlp", "embed")),
+    # Qwen3.5 Gated DeltaNet: replicated (in_proj_qkv's channels are [q | k | v] fused and conv'd together).
+    (r".*linear_attn\.in_proj_\w+\.kernel", ("embed", None)),
+    (r".*linear_attn\.out_proj\.kernel", (None, "embed")),
+    (r".*linear_attn\.conv1d\.weight", (None, None, None)),
+    (r".*linear_attn\.(dt_bias|A_log)", (None,)),
 )
 # Logical axis -> mesh axis (None = replicated).
 MESH_AXES: dict[str, str | None] = {
@@ -76,7 +87,17 @@ def resolve_axes(config: ModelConfig, mesh: Mesh) -> dict[str, str | None]:
         ok = [d for d in _divisors(config.num_attention_heads) if config.intermediate_size % d == 0]
         raise ValueError(f"mesh axis '{MODEL}' has size {m}, which does not divide {field}={size}; "
                          f"model-axis sizes that work for this model: {ok}.")
-    return rules
+    return _moe_axes(config, m, rules)
+
+
+def _moe_axes(config: ModelConfig, m: int, rules: dict[str, str | None]) -> dict[str, str | None]:
+    """Experts over ``model`` when it divides every MoE layer's expert count; else the experts' (and shared
+    expert's) inner width where that divides; else replicated."""
+    specs = [s.moe for s in config.layers if s.moe is not None]
+    by_expert = bool(specs) and all(s.num_experts % m == 0 for s in specs)
+    inner = all(s.intermediate_size % m == 0 and s.shared_intermediate_size % m == 0 for s in specs)
+    return {**rules, "experts": MODEL if by_expert else None,
+            "expert_mlp": MODEL if not by_expert and inner else None}
 
 
 def param_spec(name: str, ndim: int, rules: dict[str, str | None]) -> PartitionSpec:
@@ -99,9 +120,19 @@ def cache_sharding(config: ModelConfig, mesh: Mesh):
 
     rules = resolve_axes(config, mesh)
     kv = NamedSharding(mesh, PartitionSpec(DATA, rules["kv_heads"], None, None))
-    layers = config.num_hidden_layers
-    return KVCache(keys=(kv,) * layers, values=(kv,) * layers, valid=NamedSharding(mesh, PartitionSpec(DATA, None)),
-                   index=NamedSharding(mesh, PartitionSpec()))
+    linear = [spec.linear for spec in config.layers]
+    kvs = tuple(None if lin else kv for lin in linear)
+    cache = KVCache(keys=kvs, values=kvs, valid=NamedSharding(mesh, PartitionSpec(DATA, None)),
+                    index=NamedSharding(mesh, PartitionSpec()))
+    if not any(linear):
+        return cache
+    # Linear-attention states: rows over data; recurrent value heads over model when divisible. The conv state's
+    # channels are [q | k | v] concatenated, so a head split would not line up with them: replicated.
+    m = mesh.shape[MODEL]
+    conv = tuple(lin and NamedSharding(mesh, PartitionSpec(DATA, None, None)) for lin in linear)
+    rec = tuple(lin and NamedSharding(mesh, PartitionSpec(DATA, MODEL if lin.num_v_heads % m == 0 else None,
+                                                          None, None)) for lin in linear)
+    return cache.replace(conv=conv, recurrent=rec)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

@@ -41,7 +41,8 @@ class TextGeneration:
     """One returned sequence of :func:`generate_text`.
 
     ``text``: the decoded continuation (special tokens skipped, EOS excluded; None without a tokenizer).
-    ``finish_reason``: "eos" (stopped at an EOS id) or "length" (reached ``max_new_tokens``).
+    ``finish_reason``: "eos" (stopped at an EOS id), "stop_string" (its text ends with one of ``stop_strings``,
+    kept in ``text`` as transformers keeps it) or "length" (reached ``max_new_tokens``).
     ``token_ids`` / ``tokens``: every generated token, EOS included. ``prompt_index`` says which prompt it
     continues (``num_return_sequences`` > 1 returns several per prompt, adjacent); ``sequence_score`` is beam
     search's length-normalised score (None otherwise).
@@ -115,7 +116,8 @@ def generate_text(model: Model, tokenizer, prompts: str | Sequence[str | Sequenc
                 if piece:
                     streamer(i, piece)
 
-    out = generate(model, ids, mask, config=cfg, key=key, streamer=low_streamer, stream_every=stream_every)
+    out = generate(model, ids, mask, config=cfg, key=key, streamer=low_streamer, stream_every=stream_every,
+                   tokenizer=tokenizer)
     new = np.asarray(out.new_tokens)
     num = np.asarray(out.num_generated)
     lps = np.asarray(out.token_logprobs)
@@ -128,6 +130,8 @@ def generate_text(model: Model, tokenizer, prompts: str | Sequence[str | Sequenc
         n = int(num[i])
         gen = [int(x) for x in new[i, :n]]
         finish = "eos" if gen and gen[-1] in eos else "length"
+        if finish == "length" and cfg.stop_strings is not None and n < out.new_tokens.shape[1]:
+            finish = "stop_string"  # only EOS, a stop string or the length limit end a row
         text = None
         if tokenizer is not None:
             text_ids = gen[:-1] if finish == "eos" else gen
