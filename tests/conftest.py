@@ -10,11 +10,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("JAXGEN_COMPILATION_CACHE", "off")
 
 import atexit
+import contextlib
 import functools
 import shutil
 import tempfile
 
 import numpy as np
+import jax.monitoring
 import pytest
 import torch
 import transformers
@@ -151,3 +153,22 @@ def variant(request) -> str:
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param
+
+
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def count_all_compiles():
+    """Every XLA compilation in the process, whatever the function (host-side helpers included)."""
+    names: list[str] = []
+
+    def listener(event: str, duration: float, **kwargs) -> None:
+        if event == BACKEND_COMPILE:
+            names.append(kwargs.get("fun_name", "?"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)

@@ -3,7 +3,6 @@ count, the other requests or their order; mixed settings share one set of progra
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import jax
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 import jaxgen
-from conftest import hf_checkpoint
+from conftest import count_all_compiles, hf_checkpoint
 from jaxgen.decode import processors as P
 
 G = jaxgen.GenerationConfig
@@ -148,24 +147,6 @@ def test_cache_shifts_and_sliding_window_keep_parity():
 
 # ------------------------------------------------------------------------------------ compiles, streaming, errors
 
-BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
-
-
-@contextlib.contextmanager
-def count_compiles():
-    names: list[str] = []
-
-    def listener(event: str, duration: float, **kwargs) -> None:
-        if event == BACKEND_COMPILE:
-            names.append(kwargs.get("fun_name", "?"))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield names
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-
-
 def test_nothing_compiles_after_warmup_for_any_mix_of_settings():
     m = model()
     engine = jaxgen.Engine(m, max_slots=4, max_prompt_length=32, max_new_tokens=16, max_top_logprobs=2)
@@ -183,7 +164,7 @@ def test_nothing_compiles_after_warmup_for_any_mix_of_settings():
     ]
     prepared = [(random_prompts(lengths, seed=i), configs, list(jax.random.split(jax.random.key(i), len(configs))))
                 for i, (lengths, configs) in enumerate(mixes)]  # keys split before counting (a slice compiles)
-    with count_compiles() as compiles:
+    with count_all_compiles() as compiles:
         for prompts, configs, keys in prepared:
             engine.generate(prompts, configs, keys)
     assert compiles == [], compiles

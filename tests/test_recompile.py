@@ -11,7 +11,7 @@ import jax.monitoring
 import numpy as np
 
 import jaxgen
-from conftest import models
+from conftest import count_all_compiles, models
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
@@ -78,22 +78,6 @@ def test_new_prompt_lengths_and_sampling_values_do_not_recompile():
             assert out.sequences.shape == (4, max(lengths) + call["max_new_tokens"])
             assert jaxgen.compile_count() == compiled, f"call {i} ({lengths}, {call}) recompiled"
     assert compiles == [], compiles
-
-
-@contextlib.contextmanager
-def count_all_compiles():
-    """Every XLA compilation in the process, whatever the function (host-side helpers included)."""
-    names: list[str] = []
-
-    def listener(event: str, duration: float, **kwargs) -> None:
-        if event == BACKEND_COMPILE:
-            names.append(kwargs.get("fun_name", "?"))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield names
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def test_switching_filters_on_and_off_and_new_sizes_in_the_bucket_compile_nothing():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxgen.config import _optional_number, _require
+from jaxgen.config import _optional_int, _optional_number, _require
 from jaxgen.errors import ConfigError
 
 # transformers' ACT2FN names -> jaxgen's (gelu_new and gelu_pytorch_tanh are one tanh approximation).
@@ -52,3 +52,15 @@ def reject(raw: dict, key: str, source: str, why: str, allowed: Any = (None, Fal
     """A config option jaxgen does not implement is an error, not silently ignored."""
     if raw.get(key) not in allowed:
         raise ConfigError(f"{source}: {key}={raw[key]!r} is not supported ({why}).")
+
+
+def attention_sizes(raw: dict, source: str) -> tuple[int, int, int, int]:
+    """``(hidden_size, num_attention_heads, num_hidden_layers, num_key_value_heads)``, checked: KV heads divide
+    the attention heads (GQA / MQA)."""
+    hidden = _require(raw, "hidden_size", source)
+    heads = _require(raw, "num_attention_heads", source)
+    layers = _require(raw, "num_hidden_layers", source)
+    kv_heads = _optional_int(raw, "num_key_value_heads", source, heads)
+    if heads % kv_heads:
+        raise ConfigError(f"{source}: num_key_value_heads={kv_heads} must divide num_attention_heads={heads}.")
+    return hidden, heads, layers, kv_heads

@@ -15,7 +15,7 @@ from typing import Mapping
 from jaxgen.config import (AttentionSpec, LayerSpec, ModelConfig, NormSpec, RopeConfig, _bool, _eos_ids,
                            _layer_types, _optional_int, _parse_rope, _require, _token_id)
 from jaxgen.errors import ConfigError
-from jaxgen.families._common import activation, dtype_name, positive, reject
+from jaxgen.families._common import activation, attention_sizes, dtype_name, positive, reject
 
 _MAX_POSITIONS = {"gemma": 8192, "gemma2": 8192, "gemma3_text": 131072}
 _LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -54,12 +54,7 @@ def _ropes(raw: dict, model_type: str, max_positions: int, source: str) -> dict[
 
 def parse(raw: dict, source: str) -> ModelConfig:
     model_type = raw["model_type"]
-    hidden = _require(raw, "hidden_size", source)
-    heads = _require(raw, "num_attention_heads", source)
-    layers = _require(raw, "num_hidden_layers", source)
-    kv_heads = _optional_int(raw, "num_key_value_heads", source, heads)
-    if heads % kv_heads:
-        raise ConfigError(f"{source}: num_key_value_heads={kv_heads} must divide num_attention_heads={heads}.")
+    hidden, heads, layers, kv_heads = attention_sizes(raw, source)
     head_dim = _optional_int(raw, "head_dim", source, 256)  # transformers' Gemma default, not hidden / heads
     reject(raw, "use_bidirectional_attention", source, "bidirectional attention is not a causal LM")
     max_positions = _optional_int(raw, "max_position_embeddings", source, _MAX_POSITIONS[model_type])

@@ -13,7 +13,7 @@ from typing import Mapping
 from jaxgen.config import (AttentionSpec, LayerSpec, ModelConfig, NormSpec, RopeConfig, _bool, _eos_ids,
                            _optional_int, _optional_number, _require, _token_id)
 from jaxgen.errors import ConfigError
-from jaxgen.families._common import activation, dtype_name, head_dim, positive
+from jaxgen.families._common import activation, attention_sizes, dtype_name, head_dim, positive
 
 
 def _factors(params: Mapping, key: str, n: int, source: str) -> tuple[float, ...]:
@@ -55,12 +55,7 @@ def _rope(raw: dict, dim: int, source: str) -> RopeConfig:
 
 
 def parse(raw: dict, source: str) -> ModelConfig:
-    hidden = _require(raw, "hidden_size", source)
-    heads = _require(raw, "num_attention_heads", source)
-    layers = _require(raw, "num_hidden_layers", source)
-    kv_heads = _optional_int(raw, "num_key_value_heads", source, heads)
-    if heads % kv_heads:
-        raise ConfigError(f"{source}: num_key_value_heads={kv_heads} must divide num_attention_heads={heads}.")
+    hidden, heads, layers, kv_heads = attention_sizes(raw, source)
     dim = head_dim(raw, hidden, heads, source)
     rope = _rope(raw, dim, source)
     window = _optional_int(raw, "sliding_window", source)  # Phi3Model: every layer slides when it is set

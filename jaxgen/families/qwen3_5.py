@@ -13,7 +13,7 @@ from typing import Mapping
 from jaxgen.config import (AttentionSpec, LayerSpec, LinearAttentionSpec, ModelConfig, NormSpec, RopeConfig, _bool,
                            _eos_ids, _optional_int, _require, _token_id)
 from jaxgen.errors import ConfigError
-from jaxgen.families._common import activation, dtype_name, positive
+from jaxgen.families._common import activation, attention_sizes, dtype_name, positive
 
 _LAYER_TYPES = ("linear_attention", "full_attention")
 
@@ -36,12 +36,7 @@ def parse(raw: dict, source: str) -> ModelConfig:
         if not isinstance(text, Mapping):
             raise ConfigError(f"{source}: a qwen3_5 config needs a 'text_config' object.")
         raw = {**text, "model_type": "qwen3_5_text"}
-    hidden = _require(raw, "hidden_size", source)
-    heads = _require(raw, "num_attention_heads", source)
-    layers = _require(raw, "num_hidden_layers", source)
-    kv_heads = _optional_int(raw, "num_key_value_heads", source, heads)
-    if heads % kv_heads:
-        raise ConfigError(f"{source}: num_key_value_heads={kv_heads} must divide num_attention_heads={heads}.")
+    hidden, heads, layers, kv_heads = attention_sizes(raw, source)
     head_dim = _optional_int(raw, "head_dim", source, 256)
     kinds = tuple(raw.get("layer_types") or ("linear_attention" if (i + 1) % 4 else "full_attention"
                                               for i in range(layers)))
