@@ -146,15 +146,7 @@ def batches(prompts, new, size: int):
         yield at, prompts[at:at + size], new[at:at + size]
 
 
-def left_pad(prompts, pad: int):
-    import numpy as np
-
-    t = max(map(len, prompts))
-    ids = np.full((len(prompts), t), pad, np.int32)
-    mask = np.zeros((len(prompts), t), np.int32)
-    for i, p in enumerate(prompts):
-        ids[i, t - len(p):], mask[i, t - len(p):] = p, 1
-    return ids, mask
+from jaxgen.api.inputs import left_pad  # noqa: E402  (after the env set-up above)
 
 
 def run_jaxgen(prompts, new, args) -> dict:

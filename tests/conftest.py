@@ -22,6 +22,7 @@ import torch
 import transformers
 
 import jaxgen
+from jaxgen.api.inputs import left_pad  # noqa: F401  (shared by the test files)
 
 torch.set_num_threads(2)
 
@@ -99,16 +100,6 @@ def models(variant: str = "llama_gqa") -> tuple[jaxgen.Model, object]:
     return jaxgen.load_model(folder, dtype="float32"), hf
 
 
-def left_pad(prompts, pad: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, mask)`` int32 ``[B, T]``: token lists left-padded with ``pad`` to the longest."""
-    t = max(map(len, prompts))
-    ids = np.full((len(prompts), t), pad, np.int32)
-    mask = np.zeros((len(prompts), t), np.int32)
-    for i, p in enumerate(prompts):
-        ids[i, t - len(p):], mask[i, t - len(p):] = p, 1
-    return ids, mask
-
-
 def hf_processors(hf, mask: np.ndarray, prompt_len: int, pad_token_id: int = 0, eos_token_id=2,
                   **kw) -> transformers.LogitsProcessorList:
     """transformers' own processor list for a sampling config, as its ``generate`` builds it."""
@@ -143,6 +134,19 @@ def teacher_forced_logprobs(hf, out, ids: np.ndarray, mask: np.ndarray, max_new:
     full = teacher_forced_scores(hf, out, ids, mask, max_new, **kw)
     chosen = np.asarray(out.sequences)[:, ids.shape[1]:ids.shape[1] + max_new]
     return np.take_along_axis(full, chosen[..., None], axis=-1)[..., 0]
+
+
+def randomize_vectors_and_save(model, prefix: str) -> str:
+    """Add noise to every 1-D parameter (norm weights, biases: transformers inits them to 1 / 0, which would hide a
+    dropped or swapped one) in place, save with ``save_pretrained``, return the folder."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    folder = tempfile.mkdtemp(prefix=f"{prefix}-", dir=_ROOT)
+    model.save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(params=list(VARIANTS))

@@ -16,11 +16,8 @@ frequency table or a head count already covered (the padded-batch and decode che
 
 from __future__ import annotations
 
-import atexit
 import copy
 import functools
-import shutil
-import tempfile
 
 import chex
 import jax
@@ -32,7 +29,7 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 
 import jaxgen  # noqa: E402
-from conftest import VARIANTS, hf_checkpoint  # noqa: E402
+from conftest import VARIANTS, hf_checkpoint, randomize_vectors_and_save  # noqa: E402
 from jaxgen.cache import init_cache  # noqa: E402
 from jaxgen.config import ModelConfig  # noqa: E402
 from jaxgen.decode.loop import prompt_positions  # noqa: E402
@@ -87,8 +84,6 @@ def summary_table():
 
 # --- the models ---------------------------------------------------------------------------------------------------
 
-_ROOT = tempfile.mkdtemp(prefix="jaxgen-parity-")
-atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -100,14 +95,7 @@ def checkpoint(variant: str) -> tuple[str, torch.nn.Module]:
     """
     _, shared = hf_checkpoint(variant)
     model = copy.deepcopy(shared)  # the shared model stays as other test files expect it
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(0.3 * torch.randn(p.shape, generator=gen))
-    folder = tempfile.mkdtemp(prefix=f"{variant}-", dir=_ROOT)
-    model.save_pretrained(folder)
-    return folder, model
+    return randomize_vectors_and_save(model, variant), model
 
 
 @functools.lru_cache(maxsize=None)

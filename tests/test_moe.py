@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 
 import jaxgen  # noqa: E402
 from checkpoints_convert import export, load_hf_params, shapes  # noqa: E402
-from conftest import BASE, left_pad  # noqa: E402
+from conftest import BASE, left_pad, randomize_vectors_and_save  # noqa: E402
 from jaxgen.config import ModelConfig  # noqa: E402
 from jaxgen.decode.loop import prompt_positions  # noqa: E402
 from jaxgen.model import make_step, param_shapes  # noqa: E402
@@ -45,7 +44,6 @@ MOE_VARIANTS = {
 SEQ, LENGTHS, PREFILL = 16, (16, 11, 6), 10
 PROMPTS = [[5, 9, 17, 33, 4, 88, 21, 60, 3], [7, 8, 9], [40, 41, 42, 43, 44, 45]]
 RTOL = 1e-5  # of the largest |logit|: float32 rounding of different summation orders
-_ROOT = tempfile.mkdtemp(prefix="jaxgen-moe-")
 
 
 def hf_config(variant: str):
@@ -58,14 +56,7 @@ def checkpoint(variant: str) -> tuple[str, object]:
     """(folder, float32 torch model) with random norm weights and biases, saved with save_pretrained."""
     torch.manual_seed(0)
     model = getattr(transformers, MOE_VARIANTS[variant][1])(hf_config(variant)).eval()
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(0.3 * torch.randn(p.shape, generator=gen))
-    folder = tempfile.mkdtemp(prefix=f"{variant}-", dir=_ROOT)
-    model.save_pretrained(folder)
-    return folder, model
+    return randomize_vectors_and_save(model, variant), model
 
 
 @functools.lru_cache(maxsize=None)

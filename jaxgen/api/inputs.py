@@ -21,6 +21,16 @@ def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
     return max(minimum, 1 << max(0, int(n) - 1).bit_length())
 
 
+def left_pad(prompts, pad: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, mask)`` int32 ``[B, T]``: token-id lists left-padded with ``pad`` to the longest (mask 1 = token)."""
+    t = max(map(len, prompts))
+    ids = np.full((len(prompts), t), pad, np.int32)
+    mask = np.zeros((len(prompts), t), np.int32)
+    for i, p in enumerate(prompts):
+        ids[i, t - len(p):], mask[i, t - len(p):] = p, 1
+    return ids, mask
+
+
 def check_tokens(config: ModelConfig, input_ids: Any, attention_mask: Any, *,
                  left_padded: bool) -> tuple[np.ndarray, np.ndarray]:
     """Validated ``(ids int32[B, T], mask int32[B, T])``, ids as given (padded slots may hold any id).

@@ -10,6 +10,7 @@ import numpy as np
 
 from jaxgen.api.generate import generate, resolve_config
 from jaxgen.api.generation_config import GenerationConfig
+from jaxgen.api.inputs import left_pad
 from jaxgen.model import Model
 from jaxgen.text.detokenize import IncrementalText, TokenText
 from jaxgen.text.tokenizer import encode_prompts, is_ids
@@ -97,11 +98,8 @@ def generate_text(model: Model, tokenizer, prompts: str | Sequence[str | Sequenc
         pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
         pad = pad if pad is not None else (cfg.eos_token_ids[0] if cfg.eos_token_ids else 0)
         cfg = cfg.replace(pad_token_id=int(pad))
-    b, t = len(encoded), max(len(e) for e in encoded)
-    ids = np.full((b, t), cfg.pad_token_id, np.int32)
-    mask = np.zeros((b, t), np.int32)
-    for i, e in enumerate(encoded):
-        ids[i, t - len(e):], mask[i, t - len(e):] = e, 1
+    b = len(encoded)
+    ids, mask = left_pad(encoded, cfg.pad_token_id)
     r = cfg.num_return_sequences
     rows = b * r
 
