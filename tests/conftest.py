@@ -149,6 +149,52 @@ def randomize_vectors_and_save(model, prefix: str) -> str:
     return folder
 
 
+# --- the family matrix: one tiny random checkpoint per family for the per-family checks every family must pass
+# (tests/test_family_matrix.py: beam preset, raw/processed top-k logprobs, crosscheck, a (2, 4) mesh). A family
+# added to jaxgen adds one entry here: name -> (config class, model class, overrides on BASE).
+MOE_VARIANTS = {
+    # top-2 of 8, always renormalised; intermediate_size is each expert's width.
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(num_local_experts=8, num_experts_per_tok=2,
+                                                             intermediate_size=32)),
+    # shared expert with its sigmoid gate; top-k not renormalised; qkv biases.
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", dict(
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+        norm_topk_prob=False)),
+    # dense layer 1 (mlp_only_layers) between sparse ones, q/k norms, renormalised top-3 of 8.
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(
+        num_hidden_layers=3, num_experts=8, num_experts_per_tok=3, moe_intermediate_size=32, norm_topk_prob=True,
+        mlp_only_layers=[1], head_dim=16)),
+}
+# Qwen3.5 text: 3 Gated DeltaNet layers + 1 gated full-attention layer.
+QWEN35 = dict(num_hidden_layers=4, head_dim=16, tie_word_embeddings=False,
+              layer_types=["linear_attention", "linear_attention", "full_attention", "linear_attention"],
+              linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=16,
+              linear_conv_kernel_dim=4)
+MATRIX = {
+    **{name: VARIANTS[name] for name in ("llama_gqa", "mistral_window", "qwen2_bias", "qwen3_qknorm", "gpt2",
+                                         "gemma", "gemma2", "gemma3", "phi3", "phi3_partial_longrope")},
+    **MOE_VARIANTS,
+    "qwen3_5": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM", QWEN35),
+    # --- entries for families added later go below this line, one per family ---
+}
+
+
+@functools.lru_cache(maxsize=None)
+def matrix_checkpoint(name: str) -> tuple[str, object]:
+    """(folder, float32 torch model in eval mode) of ``MATRIX[name]``, with randomised norm weights and biases."""
+    cfg_cls, model_cls, overrides = MATRIX[name]
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**{**BASE, **overrides})).eval()
+    return randomize_vectors_and_save(model, name), model
+
+
+@functools.lru_cache(maxsize=None)
+def matrix_models(name: str) -> tuple[jaxgen.Model, object]:
+    """(jaxgen float32 model, transformers model) of ``matrix_checkpoint(name)``, loaded once per session."""
+    folder, hf = matrix_checkpoint(name)
+    return jaxgen.load_model(folder, dtype="float32"), hf
+
+
 @pytest.fixture(params=list(VARIANTS))
 def variant(request) -> str:
     return request.param

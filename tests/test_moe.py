@@ -21,26 +21,12 @@ transformers = pytest.importorskip("transformers")
 
 import jaxgen  # noqa: E402
 from checkpoints_convert import export, load_hf_params, shapes  # noqa: E402
-from conftest import BASE, left_pad, randomize_vectors_and_save  # noqa: E402
+from conftest import BASE, MOE_VARIANTS, left_pad, randomize_vectors_and_save  # noqa: E402
 from jaxgen.config import ModelConfig  # noqa: E402
 from jaxgen.decode.loop import prompt_positions  # noqa: E402
 from jaxgen.model import make_step, param_shapes  # noqa: E402
 from jaxgen.nn.moe import MoE, route  # noqa: E402
 
-# name -> (config class, model class, overrides)
-MOE_VARIANTS = {
-    # top-2 of 8, always renormalised; intermediate_size is each expert's width.
-    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(num_local_experts=8, num_experts_per_tok=2,
-                                                             intermediate_size=32)),
-    # shared expert with its sigmoid gate; top-k not renormalised; qkv biases.
-    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", dict(
-        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48,
-        norm_topk_prob=False)),
-    # dense layer 1 (mlp_only_layers) between sparse ones, q/k norms, renormalised top-3 of 8.
-    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(
-        num_hidden_layers=3, num_experts=8, num_experts_per_tok=3, moe_intermediate_size=32, norm_topk_prob=True,
-        mlp_only_layers=[1], head_dim=16)),
-}
 SEQ, LENGTHS, PREFILL = 16, (16, 11, 6), 10
 PROMPTS = [[5, 9, 17, 33, 4, 88, 21, 60, 3], [7, 8, 9], [40, 41, 42, 43, 44, 45]]
 RTOL = 1e-5  # of the largest |logit|: float32 rounding of different summation orders
