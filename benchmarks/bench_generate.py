@@ -7,7 +7,9 @@
     python benchmarks/bench_generate.py --flax-python VENV/bin/python   # + old transformers-Flax (its own venv)
 
 Models: random Llamas of ~5M and ~125M parameters built with transformers and saved with ``save_pretrained``
-(both frameworks load the same folder, so the weights are identical), plus the bundled demo model when present.
+(both frameworks load the same folder, so the weights are identical), plus the bundled demo model when present;
+``--models families`` adds GPT-2 124M and a Gemma-2-shaped model, ``--models moe`` Mixtral- and Qwen3-MoE-shaped
+ones (whose floor counts only the experts a step reads).
 EOS is disabled on both sides, so every run generates exactly ``max_new_tokens`` tokens (checked).
 
 Per model and mode (greedy b1, greedy b8 left-padded, sampling b1, beam-4 b1, greedy + top_logprobs=5 b1):
@@ -41,8 +43,9 @@ for p in (ROOT, HERE):
         sys.path.insert(0, p)
 
 from harness.env import CompileEvents, configure_jax_cache, log, set_jax_env  # noqa: E402
-from harness.models import (DEMO_NAME, INITIALIZER_RANGE, MODEL_SPECS, MODES, build_random_model,  # noqa: E402
-                            demo_model_path, mode_prompts, mode_settings, prompts)
+from harness.models import (DEMO_NAME, INITIALIZER_RANGE, MODEL_GROUPS, MODEL_SPECS, MODES,  # noqa: E402
+                            build_random_model, demo_model_path, expand_models, mode_prompts, mode_settings,
+                            prompts)
 
 
 def bench_model(name: str, path: str, args, floor: dict, cache_dir: str) -> dict:
@@ -77,7 +80,11 @@ def bench_model(name: str, path: str, args, floor: dict, cache_dir: str) -> dict
     jg = JaxgenRunner(path, dtype)
     hf = None if args.no_hf else HFRunner(path, dtype, "cpu" if args.device == "cpu" else "cuda")
     fx = None
-    if args.flax_python:
+    with open(os.path.join(path, "config.json")) as f:
+        model_type = json.load(f).get("model_type")
+    if args.flax_python and model_type != "llama":
+        log(f"[{name}] transformers-Flax: only its Llama runner exists here; skipped for {model_type}")
+    elif args.flax_python:
         from harness.hf_flax import FlaxRunner
 
         fx = FlaxRunner(args.flax_python, path, dtype)
@@ -86,7 +93,8 @@ def bench_model(name: str, path: str, args, floor: dict, cache_dir: str) -> dict
     res["config"] = dict(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
                          num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_key_value_heads,
                          intermediate_size=cfg.intermediate_size, vocab_size=cfg.vocab_size,
-                         tie_word_embeddings=cfg.tie_word_embeddings, num_params=jg.model.num_params())
+                         tie_word_embeddings=cfg.tie_word_embeddings, num_params=jg.model.num_params(),
+                         model_type=cfg.model_type, active_params_b1=M.matmul_params(jg.model, 1))
     res["load_s"] = dict(jaxgen=jg.load_s, transformers=hf.load_s if hf else None)
     if fx:
         res["load_s"]["transformers_flax"] = fx.load_s
@@ -159,7 +167,8 @@ def bench_model(name: str, path: str, args, floor: dict, cache_dir: str) -> dict
             rec["lp_pair_times_s"] = pairs
             rec["lp_overhead_pct"] = (M.paired_ratio(pairs["lp"], pairs["no_lp"]) - 1) * 100
         mean_ctx = float(np.mean(mask.sum(1))) + (n + 1) / 2
-        fl = M.step_floor(pbytes, cfg, rows, mean_ctx, kv_item, floor, M.matmul_params(jg.model))
+        fl = M.step_floor(M.param_bytes(jg.model, rows), cfg, rows, mean_ctx, kv_item, floor,
+                          M.matmul_params(jg.model, rows))
         step = rec["jaxgen"]["decode_step_ms"]
         fl["floor_pct"] = 100 * fl["floor_ms"] / step if step else None
         fl["bandwidth_floor_pct"] = 100 * fl["bandwidth_floor_ms"] / step if step else None
@@ -204,7 +213,7 @@ def parse_args():
                     help="cpu runs float32; gpu/tpu run bfloat16 (transformers on CUDA when torch has it)")
     ap.add_argument("--out", default=None, help="JSON output (default benchmarks/results/<device>[-quick].json)")
     ap.add_argument("--chart", default=None, help="PNG chart (default: the JSON path with .png)")
-    ap.add_argument("--models", default=None, help="comma list of llama-5m, llama-125m, demo (default all)")
+    ap.add_argument("--models", default=None, help="comma list of model names (harness/models.py MODEL_SPECS), groups default / families / moe, and demo (default: default,demo)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma list of " + ", ".join(MODES))
     ap.add_argument("--runs", type=int, default=None, help="timed runs per framework (>= 5; default 5 / 7)")
     ap.add_argument("--max-new-tokens", type=int, default=None,
@@ -260,7 +269,7 @@ def main() -> None:
     from jaxgen.bench import measure as M
     from jaxgen.bench.runners import B8_LENGTHS, PROMPT_LEN, SAMPLING
 
-    wanted = args.models.split(",") if args.models else list(MODEL_SPECS) + [DEMO_NAME]
+    wanted = expand_models(args.models.split(",")) if args.models else MODEL_GROUPS["default"] + [DEMO_NAME]
     models_dir = args.models_dir or tempfile.mkdtemp(prefix="jaxgen-bench-models-")
     paths = {}
     for name in wanted:

@@ -94,25 +94,50 @@ def measure_floor(device: str | None = None, nbytes: int | None = None, reps: in
     return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in res.items()}
 
 
-def param_bytes(model) -> dict:
-    """Bytes a decode step must read: every weight except the embedding table (one row per token is
-    gathered), unless the embeddings are tied (then the table is the LM head and read in full)."""
-    total = embed = 0
+def expert_fraction(config, rows: int = 1) -> float:
+    """Expected share of a MoE layer's experts that ``rows`` tokens read in one decode step (1.0 without experts):
+    ``1 - (1 - k / E) ** rows`` for top-``k`` of ``E`` under uniform routing (batch 1: exactly ``k / E``)."""
+    moe = next((spec.moe for spec in config.layers if spec.moe is not None), None)
+    if moe is None:
+        return 1.0
+    return 1.0 - (1.0 - moe.top_k / moe.num_experts) ** rows
+
+
+def param_bytes(model, rows: int = 1) -> dict:
+    """Bytes a decode step of ``rows`` rows must read: every weight except the embedding tables (one row per token
+    is gathered; a tied table is the LM head and read in full), with routed experts counted at
+    :func:`expert_fraction` (only the chosen experts' weights are read). ``total``: every parameter's bytes."""
+    total = read = 0.0
+    fraction = expert_fraction(model.config, rows)
     for path, v in model.params.flat_state():
         value = v.get_value() if hasattr(v, "get_value") else v.value
         n = int(value.size) * value.dtype.itemsize
+        name = ".".join(map(str, path))
         total += n
-        if ".".join(map(str, path)).endswith("embed_tokens.embedding"):
-            embed = n
-    tied = model.config.tie_word_embeddings
-    read = total if tied else total - embed + embed // model.config.vocab_size
-    return dict(total=total, per_step=read)
+        if name.endswith("embed_tokens.embedding") and not model.config.tie_word_embeddings:
+            read += n // model.config.vocab_size
+        elif name.endswith("embed_positions.embedding"):
+            read += n // value.shape[0]
+        elif ".mlp.experts." in name:
+            read += n * fraction
+        else:
+            read += n
+    return dict(total=int(total), per_step=int(read), expert_fraction=fraction)
 
 
-def matmul_params(model) -> int:
-    """Parameters that take part in a step's matrix products (the untied embedding table is only gathered)."""
-    cfg = model.config
-    return model.num_params() - cfg.vocab_size * cfg.hidden_size * (0 if cfg.tie_word_embeddings else 1)
+def matmul_params(model, rows: int = 1) -> int:
+    """Parameters that take part in a step's matrix products: the untied embedding table and learned positions
+    are only gathered; routed experts count at :func:`expert_fraction`."""
+    total = 0.0
+    fraction = expert_fraction(model.config, rows)
+    for path, v in model.params.flat_state():
+        name = ".".join(map(str, path))
+        size = int((v.get_value() if hasattr(v, "get_value") else v.value).size)
+        if (name.endswith("embed_tokens.embedding") and not model.config.tie_word_embeddings) or \
+                name.endswith("embed_positions.embedding"):
+            continue
+        total += size * (fraction if ".mlp.experts." in name else 1.0)
+    return int(total)
 
 
 def kv_bytes(cfg, rows: int, mean_ctx: float, itemsize: int) -> float:

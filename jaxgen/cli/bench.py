@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
             times = M.timed_rounds(fns, args.rounds, bar)
             rows = batch * settings.get("num_beams", 1)
             mean_ctx = float(mask.sum(1).mean()) + (n + 1) / 2
-            fl = M.step_floor(pbytes, cfg, rows, mean_ctx, itemsize, floor, M.matmul_params(jg.model))
+            fl = M.step_floor(M.param_bytes(jg.model, rows), cfg, rows, mean_ctx, itemsize, floor,
+                              M.matmul_params(jg.model, rows))
             rec = dict(mode=mode, batch=batch, rows=rows, prompt_lengths=mask.sum(1).tolist(), floor=fl,
                        recompiles_during_rounds=jg.cache_size() - compiles, times_s=times)
             for side, key in (("jaxgen", "jaxgen"), ("transformers", "hf")):

@@ -9,7 +9,8 @@ Three ways to run the experts, one result:
 * ``gather`` (few tokens, decode): each token reads only its k experts' weight slices, so a batch-1 step reads
   ``k / E`` of the expert bytes;
 * ``ragged`` (prefill): the ``N * k`` (token, expert) pairs are sorted by expert and run with
-  ``jax.lax.ragged_dot`` over contiguous groups, reading every expert once;
+  grouped products over contiguous groups (``lax.ragged_dot``; a block loop on CPU, jaxgen.nn.grouped_matmul),
+  reading every used expert once;
 * ``dense``: every expert on every token, weighted by a zero-filled ``[N, E]`` matrix (a test oracle only).
 """
 
@@ -21,6 +22,7 @@ from flax import nnx
 from jax import Array
 
 from jaxgen.config import LayerSpec
+from jaxgen.nn.grouped_matmul import gathered_matmul, grouped_matmul
 from jaxgen.nn.layers import ACTIVATIONS, MLP, linear
 
 IMPLS = ("auto", "gather", "ragged", "dense")
@@ -87,13 +89,11 @@ class MoE(nnx.Module):
         return (y * weights[..., None]).astype(self.dtype)
 
     def _gather(self, x: Array, weights: Array, ids: Array) -> Array:
-        """Per token, its k experts' slices only: ``[N, k, hidden, inter]`` gathered weights."""
+        """Per token, its k experts' slices only (jaxgen.nn.grouped_matmul.gathered_matmul)."""
         act = ACTIVATIONS[self.activation]
-        e = self.experts  # gather before any cast, so only the k slices are read
-        wg, wu, wd = (w[...][ids].astype(self.dtype) for w in (e.gate_proj, e.up_proj, e.down_proj))
-        p = self.precision
-        h = act(jnp.einsum("nh,nkhi->nki", x, wg, precision=p)) * jnp.einsum("nh,nkhi->nki", x, wu, precision=p)
-        y = jnp.einsum("nki,nkih->nkh", h, wd, precision=p)
+        e, p, dt = self.experts, self.precision, self.dtype
+        gm = lambda a, w: gathered_matmul(a, w[...], ids, p, dt)  # noqa: E731
+        y = gm(act(gm(x, e.gate_proj)) * gm(x, e.up_proj), e.down_proj)
         return jnp.sum(self._combine(y, weights), axis=1)
 
     def _ragged(self, x: Array, weights: Array, ids: Array) -> Array:
@@ -106,7 +106,7 @@ class MoE(nnx.Module):
         sizes = jnp.bincount(flat_ids, length=self.num_experts).astype(jnp.int32)
         wg, wu, wd = self._weights()
         rows = x[token]
-        rd = lambda a, w: jax.lax.ragged_dot(a, w, sizes, precision=self.precision)  # noqa: E731
+        rd = lambda a, w: grouped_matmul(a, w, sizes, self.precision)  # noqa: E731
         y = rd(act(rd(rows, wg)) * rd(rows, wu), wd)
         y = self._combine(y, weights.reshape(-1)[order])
         return jnp.zeros_like(x).at[token].add(y)
