@@ -36,20 +36,37 @@ def decoder_shapes(c: ModelConfig) -> Shapes:
 
     Linear kernels are ``[in, out]`` (flax), embeddings ``[rows, hidden]``; a tied model has no ``lm_head``.
     """
-    h, i = c.hidden_size, c.intermediate_size
+    h = c.hidden_size
     out: Shapes = {"model.embed_tokens.embedding": (c.vocab_size, h)}
     if c.position_embedding == "learned":
         out["model.embed_positions.embedding"] = (c.max_position_embeddings, h)
+    p = c.per_layer_input_size
+    if p:  # Gemma 4 per-layer inputs
+        out["model.embed_tokens_per_layer.embedding"] = (c.per_layer_vocab_size, c.num_hidden_layers * p)
+        out["model.per_layer_model_projection.kernel"] = (h, c.num_hidden_layers * p)
+        _norm(out, "model.per_layer_projection_norm", c.final_norm, p)
     for layer, spec in enumerate(c.layers):
         prefix, a = f"model.layers.{layer}", spec.attention
+        i = spec.intermediate_size or c.intermediate_size
+        d = c.layer_head_dim(layer)
+        q_size, kv_size = c.num_attention_heads * d, c.layer_kv_heads(layer) * d
+        if p:
+            out[f"{prefix}.per_layer_input_gate.kernel"] = (h, p)
+            out[f"{prefix}.per_layer_projection.kernel"] = (p, h)
+            _norm(out, f"{prefix}.post_per_layer_input_norm", spec.norm, h)
+        if spec.layer_scalar:
+            out[f"{prefix}.layer_scalar"] = (1,)
         norms = ["input_layernorm", "post_attention_layernorm"]
         if spec.residual == "sandwich":
             norms += ["pre_feedforward_layernorm", "post_feedforward_layernorm"]
         for name in norms:
             _norm(out, f"{prefix}.{name}", spec.norm, h)
-        q_out = c.q_size * (2 if a.output_gate else 1)  # Qwen3.5's q_proj: [q | gate] per head
-        linears = [("self_attn.q_proj", h, q_out, a.qkv_bias), ("self_attn.k_proj", h, c.kv_size, a.qkv_bias),
-                   ("self_attn.v_proj", h, c.kv_size, a.qkv_bias), ("self_attn.o_proj", c.q_size, h, a.o_bias)]
+        q_out = q_size * (2 if a.output_gate else 1)  # Qwen3.5's q_proj: [q | gate] per head
+        linears = [("self_attn.q_proj", h, q_out, a.qkv_bias), ("self_attn.k_proj", h, kv_size, a.qkv_bias),
+                   ("self_attn.v_proj", h, kv_size, a.qkv_bias), ("self_attn.o_proj", q_size, h, a.o_bias)]
+        if a.kv_source is not None or a.k_eq_v:  # Gemma 4: KV sharing has no k/v weights; k_eq_v has no v_proj
+            linears = [lin for lin in linears if lin[0] != "self_attn.v_proj"
+                       and (a.kv_source is None or lin[0] != "self_attn.k_proj")]
         if spec.linear is not None:  # a Gated DeltaNet layer replaces self-attention
             linears = _linear_attention(out, prefix, spec.linear, h)
         if spec.moe is not None:  # jaxgen.nn.moe: stacked experts [E, in, out], router, optional shared expert
@@ -71,8 +88,9 @@ def decoder_shapes(c: ModelConfig) -> Shapes:
             if bias:
                 out[f"{prefix}.{name}.bias"] = (n_out,)
         if a.qk_norm:  # one norm per head dimension, shared by all heads
-            _norm(out, f"{prefix}.self_attn.q_norm", spec.norm, c.head_dim)
-            _norm(out, f"{prefix}.self_attn.k_norm", spec.norm, c.head_dim)
+            _norm(out, f"{prefix}.self_attn.q_norm", spec.norm, d)
+            if a.kv_source is None:
+                _norm(out, f"{prefix}.self_attn.k_norm", spec.norm, d)
     _norm(out, "model.norm", c.final_norm, h)
     if not c.tie_word_embeddings:
         out["lm_head.kernel"] = (h, c.vocab_size)

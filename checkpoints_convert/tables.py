@@ -51,6 +51,7 @@ SLOTS: dict[str, str] = {
     "mlp": r"(?:gate|up|down)_proj",
     "norm": r"input_layernorm|post_attention_layernorm|pre_feedforward_layernorm|post_feedforward_layernorm",
     "qk": r"[qk]_norm",
+    "ple": r"per_layer_input_gate|per_layer_projection",  # Gemma 4 per-layer input linears
     "leaf": r"weight|bias",
     "lin": r"in_proj_(?:qkv|z|a|b)|out_proj",  # Qwen3.5 Gated DeltaNet projections
     "lin_p": r"conv1d\.weight|dt_bias|A_log|norm\.weight",  # ... and its other parameters, kept as they are
@@ -167,7 +168,18 @@ QWEN3_5_RULES: tuple[Rule, ...] = (
     Rule(f"{_L}.linear_attn.{{lin_p}}", f"{_L}.linear_attn.{{lin_p}}", "identity"),
 ) + LLAMA_RULES
 
+# Gemma 4 text: Gemma's layout plus per-layer inputs and each layer's scalar (a buffer transformers saves).
+GEMMA4_RULES: tuple[Rule, ...] = (
+    Rule("model.embed_tokens_per_layer.weight", "model.embed_tokens_per_layer.embedding", "identity"),
+    Rule("model.per_layer_model_projection.weight", "model.per_layer_model_projection.kernel", "transpose"),
+    Rule("model.per_layer_projection_norm.weight", "model.per_layer_projection_norm.weight", "identity"),
+    Rule(f"{_L}.{{ple}}.weight", f"{_L}.{{ple}}.kernel", "transpose"),
+    Rule(f"{_L}.post_per_layer_input_norm.weight", f"{_L}.post_per_layer_input_norm.weight", "identity"),
+    Rule(f"{_L}.layer_scalar", f"{_L}.layer_scalar", "identity"),
+) + LLAMA_RULES
+
 TABLES: dict[str, tuple[Rule, ...]] = {
+    "gemma4_text": GEMMA4_RULES,
     "qwen3_5_text": QWEN3_5_RULES,
     "llama": LLAMA_RULES,
     "mistral": LLAMA_RULES,

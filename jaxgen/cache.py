@@ -42,9 +42,12 @@ class KVCache:
 
 def init_cache(config: ModelConfig, batch_size: int, capacity: int, dtype: jnp.dtype = jnp.float32) -> KVCache:
     """An empty cache for ``batch_size`` rows and ``capacity`` token slots."""
-    shape = (batch_size, config.num_key_value_heads, capacity, config.head_dim)
     linear = [spec.linear for spec in config.layers]
-    kv = lambda: tuple(None if lin else jnp.zeros(shape, dtype) for lin in linear)  # noqa: E731
+    # Per-layer shapes (Gemma 4's global layers differ); None where a layer has no KV of its own (linear
+    # attention, or KV sharing: it reads layer `kv_source`'s entry).
+    own = [lin is None and spec.attention.kv_source is None for lin, spec in zip(linear, config.layers)]
+    shape = lambda i: (batch_size, config.layer_kv_heads(i), capacity, config.layer_head_dim(i))  # noqa: E731
+    kv = lambda: tuple(jnp.zeros(shape(i), dtype) if own[i] else None for i in range(len(own)))  # noqa: E731
     cache = KVCache(keys=kv(), values=kv(), valid=jnp.zeros((batch_size, capacity), bool),
                     index=jnp.zeros((), jnp.int32))
     if not any(linear):

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from jaxgen.errors import ConfigError, read_json_object
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma", "gemma2", "gemma3_text",
-                         "phi3", "mixtral", "qwen2_moe", "qwen3_moe", "qwen3_5_text")
+                         "phi3", "mixtral", "qwen2_moe", "qwen3_moe", "qwen3_5_text", "gemma4_text")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
 SUPPORTED_ACTIVATIONS = ("silu",)
 
@@ -56,11 +56,13 @@ class RopeConfig:
 
     def rotary_dim(self, head_dim: int) -> int:
         """How many leading dimensions of each head rotate (transformers: ``int(head_dim * partial_rotary_factor)``)."""
+        if self.rope_type == "proportional":  # Gemma 4: cos/sin span the whole head; unrotated pairs get angle 0
+            return head_dim
         return int(head_dim * self.partial_rotary_factor)
 
 
 # --- per-layer specs: what one decoder Block reads (jaxgen.nn.transformer.Block) ----------------------------------
-NORM_KINDS = ("rms", "gemma_rms", "layer")
+NORM_KINDS = ("rms", "gemma_rms", "layer", "rms_f32")
 RESIDUALS = ("pre", "sandwich")
 MLP_KINDS = ("gated", "plain", "moe")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
@@ -69,7 +71,8 @@ ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 @dataclasses.dataclass(frozen=True)
 class NormSpec:
     """A normalisation layer. ``rms``: ``w * normalize(x)``, normalized in float32 then cast (Llama); ``gemma_rms``:
-    ``(1 + w) * normalize(x)`` all in float32, then cast (Gemma); ``layer``: LayerNorm with a bias (GPT-2)."""
+    ``(1 + w) * normalize(x)`` all in float32, then cast (Gemma); ``layer``: LayerNorm with a bias (GPT-2);
+    ``rms_f32``: ``w * normalize(x)`` all in float32, then cast (Gemma 4)."""
 
     kind: str = "rms"
     eps: float = 1e-6
@@ -93,6 +96,12 @@ class AttentionSpec:
     qkv_bias: bool = False
     o_bias: bool = False
     output_gate: bool = False  # Qwen3.5: q_proj emits [q | gate] per head; out * sigmoid(gate) before o_proj
+    # Gemma 4: per-layer sizes (None: the model's head_dim / num_key_value_heads), KV sharing and value options.
+    head_dim: int | None = None
+    num_kv_heads: int | None = None
+    kv_source: int | None = None  # reuse this earlier layer's cached keys/values: no k/v projections, no own cache
+    k_eq_v: bool = False  # no v_proj: the values are k_proj's output (before k_norm and RoPE)
+    v_norm: bool = False  # scale-free RMS norm of the values over head_dim
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +148,8 @@ class LayerSpec:
     mlp_bias: bool = False
     moe: MoESpec | None = None  # set exactly when mlp == "moe"
     linear: LinearAttentionSpec | None = None  # set: a Gated DeltaNet layer instead of self-attention
+    intermediate_size: int | None = None  # this layer's MLP width (None: the model's; Gemma 4's double-wide MLP)
+    layer_scalar: bool = False  # Gemma 4: the layer's output is multiplied by a learned scalar `layer_scalar [1]`
 
     def __post_init__(self):
         assert self.residual in RESIDUALS and self.mlp in MLP_KINDS and self.activation in ACTIVATIONS, self
@@ -182,6 +193,9 @@ class ModelConfig:
     embedding_multiplier: float | None = None  # Gemma: sqrt(hidden_size), rounded to the compute dtype
     final_logit_softcap: float | None = None  # Gemma 2/3: cap * tanh(logits / cap)
     position_embedding: str = "rope"  # "learned": absolute position embeddings (GPT-2's wpe), no rows past the context
+    # Gemma 4 per-layer inputs: a second table [per_layer_vocab_size, layers * per_layer_input_size] (0: none)
+    per_layer_input_size: int = 0
+    per_layer_vocab_size: int = 0
 
     def __post_init__(self):
         # Frozen: derived defaults are set once, here.
@@ -201,6 +215,12 @@ class ModelConfig:
     def kv_size(self) -> int:
         return self.num_key_value_heads * self.head_dim
 
+    def layer_head_dim(self, layer: int) -> int:
+        return self.layers[layer].attention.head_dim or self.head_dim
+
+    def layer_kv_heads(self, layer: int) -> int:
+        return self.layers[layer].attention.num_kv_heads or self.num_key_value_heads
+
     def layer_window(self, layer: int) -> int | None:
         """Sliding-window size of ``layer`` (None = full causal attention)."""
         return self.layers[layer].attention.window
@@ -211,17 +231,26 @@ class ModelConfig:
         norm = lambda spec, size: size * (2 if spec.kind == "layer" else 1)  # noqa: E731 (LayerNorm has a bias)
         total = v * h * (1 if self.tie_word_embeddings else 2) + norm(self.final_norm, h)
         total += self.max_position_embeddings * h * (self.position_embedding == "learned")
-        for spec in self.layers:
+        p = self.per_layer_input_size
+        if p:  # Gemma 4 per-layer inputs: table, model projection and its norm; per layer gate, projection, norm
+            total += self.num_hidden_layers * p * (self.per_layer_vocab_size + h) + p
+            total += self.num_hidden_layers * (2 * h * p + h)
+        for layer, spec in enumerate(self.layers):
             a, lin = spec.attention, spec.linear
+            i = spec.intermediate_size or self.intermediate_size
+            total += spec.layer_scalar
             if lin is not None:  # Gated DeltaNet: qkv, z, b, a, out projections, conv, dt_bias, A_log, gated norm
                 vd = lin.num_v_heads * lin.v_head_dim
                 total += h * (lin.conv_dim + vd + 2 * lin.num_v_heads) + vd * h
                 total += lin.conv_dim * lin.conv_kernel + 2 * lin.num_v_heads + lin.v_head_dim
             else:
-                q_out = self.q_size * (2 if a.output_gate else 1)  # Qwen3.5's q_proj: [q | gate] per head
-                total += h * (q_out + self.q_size) + 2 * h * self.kv_size
-                total += (q_out + 2 * self.kv_size) * a.qkv_bias + h * a.o_bias
-                total += 2 * norm(spec.norm, self.head_dim) * a.qk_norm
+                d = self.layer_head_dim(layer)
+                q_size, kv_size = self.num_attention_heads * d, self.layer_kv_heads(layer) * d
+                n_kv = 0 if a.kv_source is not None else (1 if a.k_eq_v else 2)  # k (and v) projections
+                q_out = q_size * (2 if a.output_gate else 1)  # Qwen3.5's q_proj: [q | gate] per head
+                total += h * (q_out + q_size) + n_kv * h * kv_size
+                total += (q_out + n_kv * kv_size) * a.qkv_bias + h * a.o_bias
+                total += (1 + (a.kv_source is None)) * norm(spec.norm, d) * a.qk_norm
             if spec.moe is not None:  # experts, router, shared expert and its gate
                 m = spec.moe
                 total += 3 * h * (m.num_experts * m.intermediate_size + m.shared_intermediate_size)

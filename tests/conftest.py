@@ -141,7 +141,8 @@ def randomize_vectors_and_save(model, prefix: str) -> str:
     dropped or swapped one) in place, save with ``save_pretrained``, return the folder."""
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for p in model.parameters():
+        scalars = [b for name, b in model.named_buffers() if name.endswith("layer_scalar")]  # Gemma 4's, saved
+        for p in [*model.parameters(), *scalars]:
             if p.ndim == 1:
                 p.add_(0.3 * torch.randn(p.shape, generator=gen))
     folder = tempfile.mkdtemp(prefix=f"{prefix}-", dir=_ROOT)
@@ -170,12 +171,25 @@ QWEN35 = dict(num_hidden_layers=4, head_dim=16, tie_word_embeddings=False,
               layer_types=["linear_attention", "linear_attention", "full_attention", "linear_attention"],
               linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=16,
               linear_conv_kernel_dim=4)
+# 5 layers: sliding, global, sliding, then two KV-sharing layers (3 reads layer 2, 4 reads layer 1); global layers
+# with their own head_dim / KV heads, k_eq_v and proportional RoPE; per-layer inputs; a double-wide MLP where
+# KV is shared; a window and a final soft-cap small enough to matter.
+GEMMA4 = dict(num_hidden_layers=5, head_dim=16, global_head_dim=32, num_global_key_value_heads=1,
+              attention_k_eq_v=True, num_kv_shared_layers=2, use_double_wide_mlp=True,
+              layer_types=["sliding_attention", "full_attention", "sliding_attention", "sliding_attention",
+                           "full_attention"],
+              hidden_size_per_layer_input=8, vocab_size_per_layer_input=128, sliding_window=4,
+              final_logit_softcapping=8.0,
+              rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                               "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.5,
+                                                  "rope_theta": 10000.0}})
 MATRIX = {
     **{name: VARIANTS[name] for name in ("llama_gqa", "mistral_window", "qwen2_bias", "qwen3_qknorm", "gpt2",
                                          "gemma", "gemma2", "gemma3", "phi3", "phi3_partial_longrope")},
     **MOE_VARIANTS,
     "qwen3_5": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM", QWEN35),
     # --- entries for families added later go below this line, one per family ---
+    "gemma4": ("Gemma4TextConfig", "Gemma4ForCausalLM", GEMMA4),
 }
 
 

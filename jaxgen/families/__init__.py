@@ -10,7 +10,7 @@ from typing import Callable
 
 from jaxgen.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from jaxgen.errors import ConfigError
-from jaxgen.families import gemma, gpt2, llama, moe, phi3, qwen3_5
+from jaxgen.families import gemma, gemma4, gpt2, llama, moe, phi3, qwen3_5
 
 Parser = Callable[[dict, str], ModelConfig]
 
@@ -18,6 +18,7 @@ PARSERS: dict[str, Parser] = {
     "llama": llama.parse, "mistral": llama.parse, "qwen2": llama.parse, "qwen3": llama.parse,
     "gpt2": gpt2.parse,
     "gemma": gemma.parse, "gemma2": gemma.parse, "gemma3_text": gemma.parse,
+    "gemma4_text": gemma4.parse,
     "phi3": phi3.parse,
     "qwen3_5_text": qwen3_5.parse,
     "mixtral": moe.parse, "qwen2_moe": moe.parse, "qwen3_moe": moe.parse,

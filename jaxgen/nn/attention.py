@@ -8,7 +8,7 @@ from flax import nnx
 from jax import Array
 
 from jaxgen.config import LayerSpec, ModelConfig
-from jaxgen.nn.layers import linear, norm
+from jaxgen.nn.layers import linear, norm, rms_normalize
 from jaxgen.nn.rope import apply_rope
 
 
@@ -18,18 +18,27 @@ class Attention(nnx.Module):
 
     def __init__(self, config: ModelConfig, spec: LayerSpec, *, dtype, param_dtype, precision, rngs: nnx.Rngs):
         h, c, a = config.hidden_size, config, spec.attention
-        self.num_heads, self.num_kv_heads, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        d = a.head_dim or c.head_dim  # Gemma 4: global layers have their own head_dim / KV heads
+        self.num_heads, self.head_dim = c.num_attention_heads, d
+        self.num_kv_heads = a.num_kv_heads or c.num_key_value_heads
+        q_size, kv_size = self.num_heads * d, self.num_kv_heads * d
         self.output_gate = a.output_gate
-        self.q_proj = linear(h, c.q_size * (2 if a.output_gate else 1), a.qkv_bias, dtype, param_dtype, precision,
+        # kv_source: a KV-sharing layer (Gemma 4) reads another layer's cache and has no k/v weights of its own.
+        self.shared_kv, self.k_eq_v, self.v_norm = a.kv_source is not None, a.k_eq_v, a.v_norm
+        self.eps = spec.norm.eps
+        self.q_proj = linear(h, q_size * (2 if a.output_gate else 1), a.qkv_bias, dtype, param_dtype, precision,
                              rngs)
-        self.k_proj = linear(h, c.kv_size, a.qkv_bias, dtype, param_dtype, precision, rngs)
-        self.v_proj = linear(h, c.kv_size, a.qkv_bias, dtype, param_dtype, precision, rngs)
-        self.o_proj = linear(c.q_size, h, a.o_bias, dtype, param_dtype, precision, rngs)
+        if not self.shared_kv:
+            self.k_proj = linear(h, kv_size, a.qkv_bias, dtype, param_dtype, precision, rngs)
+            if not a.k_eq_v:
+                self.v_proj = linear(h, kv_size, a.qkv_bias, dtype, param_dtype, precision, rngs)
+        self.o_proj = linear(q_size, h, a.o_bias, dtype, param_dtype, precision, rngs)
         if a.qk_norm:  # one norm over head_dim, shared by all heads
-            self.q_norm = norm(spec.norm, c.head_dim, param_dtype)
-            self.k_norm = norm(spec.norm, c.head_dim, param_dtype)
+            self.q_norm = norm(spec.norm, d, param_dtype)
+            if not self.shared_kv:
+                self.k_norm = norm(spec.norm, d, param_dtype)
         self.qk_norm = a.qk_norm
-        self.scale = c.head_dim ** -0.5 if a.scale is None else a.scale
+        self.scale = d ** -0.5 if a.scale is None else a.scale
         self.softcap = a.softcap
         self.precision = precision
 
@@ -46,15 +55,22 @@ class Attention(nnx.Module):
             q = q.reshape(b, t, self.num_heads, 2 * self.head_dim)
             q, gate = q[..., :self.head_dim], q[..., self.head_dim:].reshape(b, t, -1)
         q = q.reshape(b, t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q = self.q_norm(q)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        head_major = lambda a: a.transpose(0, 2, 1, 3)  # [B, T, heads, D] -> [B, heads, T, D] (only the new rows)
-        k_cache = jax.lax.dynamic_update_slice(k_cache, head_major(k).astype(k_cache.dtype), (0, 0, index, 0))
-        v_cache = jax.lax.dynamic_update_slice(v_cache, head_major(v).astype(v_cache.dtype), (0, 0, index, 0))
+            q = apply_rope(q, *rope)
+        if not self.shared_kv:  # a KV-sharing layer's caches already hold this step's rows (written by the source)
+            k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+            v = k if self.k_eq_v else self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+            if self.qk_norm:
+                k = self.k_norm(k)
+            if self.v_norm:
+                v = rms_normalize(v, self.eps).astype(v.dtype)
+            if rope is not None:
+                k = apply_rope(k, *rope)
+            head_major = lambda a: a.transpose(0, 2, 1, 3)  # [B, T, heads, D] -> [B, heads, T, D] (new rows only)
+            k_cache = jax.lax.dynamic_update_slice(k_cache, head_major(k).astype(k_cache.dtype), (0, 0, index, 0))
+            v_cache = jax.lax.dynamic_update_slice(v_cache, head_major(v).astype(v_cache.dtype), (0, 0, index, 0))
 
         groups = self.num_heads // self.num_kv_heads
         q = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)

@@ -40,6 +40,23 @@ class GemmaRMSNorm(nnx.Module):
         return (h * (1.0 + self.weight[...].astype(jnp.float32))).astype(x.dtype)
 
 
+class F32RMSNorm(nnx.Module):
+    """Gemma 4's RMSNorm: ``weight * normalize(x)``, all in float32, cast at the end (weight stored as is)."""
+
+    def __init__(self, size: int, eps: float, *, param_dtype: jnp.dtype = jnp.float32):
+        self.weight = nnx.Param(jnp.ones((size,), param_dtype))
+        self.eps = eps
+
+    def __call__(self, x: Array) -> Array:
+        return (rms_normalize(x, self.eps) * self.weight[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def rms_normalize(x: Array, eps: float) -> Array:
+    """``x / sqrt(mean(x^2) + eps)`` over the last axis, in float32 (no scale: Gemma 4's v-norm)."""
+    h = x.astype(jnp.float32)
+    return h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + eps)
+
+
 class LayerNorm(nnx.Module):
     """LayerNorm with ``weight`` and ``bias`` (GPT-2), computed in float32 as torch does for reduced precision."""
 
@@ -56,7 +73,7 @@ class LayerNorm(nnx.Module):
         return (h * self.weight[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(x.dtype)
 
 
-_NORMS = {"rms": RMSNorm, "gemma_rms": GemmaRMSNorm, "layer": LayerNorm}
+_NORMS = {"rms": RMSNorm, "gemma_rms": GemmaRMSNorm, "layer": LayerNorm, "rms_f32": F32RMSNorm}
 
 
 def norm(spec: NormSpec, size: int, param_dtype: jnp.dtype) -> nnx.Module:

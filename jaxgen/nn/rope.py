@@ -41,6 +41,11 @@ def static_inv_freq(rope: RopeConfig, dim: int, max_positions: int) -> tuple[np.
         return np.where(medium, smoothed, scaled).astype(np.float32), 1.0
     if rope.rope_type == "yarn":
         return _yarn(rope, dim, max_positions)
+    if rope.rope_type == "proportional":  # Gemma 4: the first pairs rotate (exponents over the whole head), rest 0
+        angles = int(rope.partial_rotary_factor * dim // 2)
+        inv = np.zeros(dim // 2, np.float32)
+        inv[:angles] = inv_freq[:angles]
+        return (inv / np.float32(rope.factor or 1.0)).astype(np.float32), 1.0
     if rope.rope_type == "longrope":
         return longrope_inv_freq(rope, dim, rope.short_factor), _longrope_scale(rope, max_positions)
     raise AssertionError(rope.rope_type)  # ModelConfig parsing rejects other types

@@ -20,7 +20,7 @@ from jaxgen.cache import KVCache, attention_mask, init_cache, write_valid
 from jaxgen.config import LayerSpec, ModelConfig
 from jaxgen.nn.attention import Attention
 from jaxgen.nn.linear_attention import GatedDeltaNet
-from jaxgen.nn.layers import MLP, linear, norm
+from jaxgen.nn.layers import ACTIVATIONS, MLP, linear, norm
 from jaxgen.nn.moe import MoE
 from jaxgen.nn.rope import rope_cos_sin
 
@@ -53,10 +53,29 @@ class Block(nnx.Module):
         if spec.mlp == "moe":
             self.mlp = MoE(h, spec, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
         else:
-            self.mlp = MLP(h, config.intermediate_size, spec, dtype=dtype, param_dtype=param_dtype,
-                           precision=precision, rngs=rngs)
+            self.mlp = MLP(h, spec.intermediate_size or config.intermediate_size, spec, dtype=dtype,
+                           param_dtype=param_dtype, precision=precision, rngs=rngs)
+        p = config.per_layer_input_size
+        self.per_layer = p > 0
+        if self.per_layer:  # Gemma 4: x + norm(proj(act(gate(x)) * per_layer_input)) after the MLP
+            self.per_layer_input_gate = linear(h, p, False, dtype, param_dtype, precision, rngs)
+            self.per_layer_projection = linear(p, h, False, dtype, param_dtype, precision, rngs)
+            self.post_per_layer_input_norm = norm(spec.norm, h, param_dtype)
+            self.activation = spec.activation
+        if spec.layer_scalar:
+            self.layer_scalar = nnx.Param(jnp.ones((1,), param_dtype))
+        self.scaled = spec.layer_scalar
 
-    def __call__(self, x, rope, k_cache, v_cache, index, mask, token_mask=None):
+    def __call__(self, x, rope, k_cache, v_cache, index, mask, token_mask=None, per_layer_input=None):
+        x, k_cache, v_cache = self._layer(x, rope, k_cache, v_cache, index, mask, token_mask)
+        if self.per_layer:  # per_layer_input [B, T, P]
+            g = ACTIVATIONS[self.activation](self.per_layer_input_gate(x)) * per_layer_input
+            x = x + self.post_per_layer_input_norm(self.per_layer_projection(g))
+        if self.scaled:
+            x = x * self.layer_scalar[...].astype(x.dtype)
+        return x, k_cache, v_cache
+
+    def _layer(self, x, rope, k_cache, v_cache, index, mask, token_mask):
         # A linear layer's two cache entries are its (conv, recurrent) states and it reads the token mask [B, T].
         mixer = (lambda y: self.linear_attn(y, k_cache, v_cache, token_mask)) if self.linear else (
             lambda y: self.self_attn(y, rope, k_cache, v_cache, index, mask))
@@ -72,9 +91,15 @@ class DecoderModel(nnx.Module):
     """``model.*``: embeddings (and learned positions), decoder layers and the final norm."""
 
     def __init__(self, config: ModelConfig, *, dtype, param_dtype, precision, rngs: nnx.Rngs):
-        embed = lambda n: nnx.Embed(n, config.hidden_size, dtype=dtype, param_dtype=param_dtype,  # noqa: E731
-                                    embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+        embed = lambda n, width=config.hidden_size: nnx.Embed(  # noqa: E731
+            n, width, dtype=dtype, param_dtype=param_dtype, embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
         self.embed_tokens = embed(config.vocab_size)
+        p = config.per_layer_input_size
+        if p:  # Gemma 4 per-layer inputs: one packed table and one projection for all layers
+            self.embed_tokens_per_layer = embed(config.per_layer_vocab_size, config.num_hidden_layers * p)
+            self.per_layer_model_projection = linear(config.hidden_size, config.num_hidden_layers * p, False, dtype,
+                                                     param_dtype, precision, rngs)
+            self.per_layer_projection_norm = norm(config.final_norm, p, param_dtype)
         if config.position_embedding == "learned":
             self.embed_positions = embed(config.max_position_embeddings)
         self.layers = nnx.List([Block(config, spec, dtype=dtype, param_dtype=param_dtype, precision=precision,
@@ -84,7 +109,7 @@ class DecoderModel(nnx.Module):
 
 def _rope_key(config: ModelConfig, spec: LayerSpec):
     rope = spec.attention.rope
-    return None if rope is None else (rope, rope.rotary_dim(config.head_dim))
+    return None if rope is None else (rope, rope.rotary_dim(spec.attention.head_dim or config.head_dim))
 
 
 class CausalLM(nnx.Module):
@@ -123,6 +148,7 @@ class CausalLM(nnx.Module):
             x = x * jnp.asarray(cfg.embedding_multiplier, x.dtype)
         if cfg.position_embedding == "learned":
             x = x + self.model.embed_positions(positions)
+        per_layer = self._per_layer_inputs(tokens, x) if cfg.per_layer_input_size else None
         keys, values = list(cache.keys), list(cache.values)
         conv, rec = list(cache.conv), list(cache.recurrent)
         for i, (layer, spec) in enumerate(zip(self.model.layers, cfg.layers)):
@@ -130,7 +156,14 @@ class CausalLM(nnx.Module):
                 x, conv[i], rec[i] = layer(x, None, conv[i], rec[i], cache.index, None, mask)
                 continue
             rope = ropes.get(_rope_key(cfg, spec))
-            x, keys[i], values[i] = layer(x, rope, keys[i], values[i], cache.index, masks[spec.attention.window])
+            pli = None if per_layer is None else per_layer[:, :, i]
+            src = spec.attention.kv_source
+            if src is not None:  # KV sharing (Gemma 4): read the source layer's cache, which keeps no copy here
+                x, _, _ = layer(x, rope, keys[src], values[src], cache.index, masks[spec.attention.window],
+                                per_layer_input=pli)
+                continue
+            x, keys[i], values[i] = layer(x, rope, keys[i], values[i], cache.index, masks[spec.attention.window],
+                                          per_layer_input=pli)
         if logits_positions is not None:
             x = jnp.take_along_axis(x, logits_positions[:, None, None], axis=1)[:, 0]
         x = self.model.norm(x)
@@ -146,3 +179,14 @@ class CausalLM(nnx.Module):
         cache = cache.replace(keys=tuple(keys), values=tuple(values), conv=tuple(conv), recurrent=tuple(rec),
                               index=cache.index + t)
         return logits, cache
+
+    def _per_layer_inputs(self, tokens: Array, x: Array) -> Array:
+        """Gemma 4: ``(norm(proj(x) / sqrt(hidden)) + table[tokens] * sqrt(P)) / sqrt(2)`` as ``[B, T, layers, P]``,
+        from ``tokens[B, T]`` and the scaled embeddings ``x[B, T, hidden]``."""
+        cfg, m = self.config, self.model
+        shape = (*tokens.shape, cfg.num_hidden_layers, cfg.per_layer_input_size)
+        table = m.embed_tokens_per_layer(tokens)
+        table = (table * jnp.asarray(cfg.per_layer_input_size ** 0.5, table.dtype)).reshape(shape)
+        proj = m.per_layer_model_projection(x) * cfg.hidden_size ** -0.5
+        proj = m.per_layer_projection_norm(proj.reshape(shape))
+        return (proj + table) * 2.0 ** -0.5

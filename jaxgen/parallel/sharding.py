@@ -6,6 +6,7 @@ the KV cache's rows go over ``data``. XLA inserts every collective; jaxgen write
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Sequence
 
@@ -32,6 +33,12 @@ PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r".*mlp\.(gate|up)_proj\.bias", ("mlp",)),
     (r".*mlp\.down_proj\.kernel", ("mlp", "embed")),
     (r".*norm\.(weight|bias)", (None,)),
+    # Gemma 4 per-layer inputs and layer scalars
+    (r"model\.embed_tokens_per_layer\.embedding", (None, None)),
+    (r"model\.per_layer_model_projection\.kernel", ("embed", None)),
+    (r".*per_layer_input_gate\.kernel", ("embed", None)),
+    (r".*per_layer_projection\.kernel", (None, "embed")),
+    (r".*layer_scalar", (None,)),
     # MoE (jaxgen.nn.moe): stacked experts over `model` when it divides their count, else their inner width.
     (r".*mlp\.experts\.(gate|up)_proj", ("experts", "embed", "expert_mlp")),
     (r".*mlp\.experts\.down_proj", ("experts", "expert_mlp", "embed")),
@@ -66,8 +73,12 @@ def _divisors(n: int) -> list[int]:
 
 def logical_sizes(config: ModelConfig) -> dict[str, int]:
     """How many indivisible units each logical axis has (heads, not heads * head_dim)."""
-    return {"heads": config.num_attention_heads, "kv_heads": config.num_key_value_heads,
-            "mlp": config.intermediate_size, "vocab": config.vocab_size}
+    # Layers may differ (Gemma 4's global layers have their own KV heads, its KV-sharing layers a double-wide MLP):
+    # a mesh axis splits an axis in every layer exactly when it divides the gcd of the layers' sizes.
+    n = range(config.num_hidden_layers)
+    kv = math.gcd(*(config.layer_kv_heads(i) for i in n)) if config.layers else config.num_key_value_heads
+    mlp = math.gcd(config.intermediate_size, *(s.intermediate_size or config.intermediate_size for s in config.layers))
+    return {"heads": config.num_attention_heads, "kv_heads": kv, "mlp": mlp, "vocab": config.vocab_size}
 
 
 def resolve_axes(config: ModelConfig, mesh: Mesh) -> dict[str, str | None]:
@@ -121,7 +132,8 @@ def cache_sharding(config: ModelConfig, mesh: Mesh):
     rules = resolve_axes(config, mesh)
     kv = NamedSharding(mesh, PartitionSpec(DATA, rules["kv_heads"], None, None))
     linear = [spec.linear for spec in config.layers]
-    kvs = tuple(None if lin else kv for lin in linear)
+    kvs = tuple(None if lin or spec.attention.kv_source is not None else kv  # KV sharing: no own entry
+                for lin, spec in zip(linear, config.layers))
     cache = KVCache(keys=kvs, values=kvs, valid=NamedSharding(mesh, PartitionSpec(DATA, None)),
                     index=NamedSharding(mesh, PartitionSpec()))
     if not any(linear):
