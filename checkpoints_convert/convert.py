@@ -60,7 +60,7 @@ class Item:
     transform: str
     dtype: np.dtype
     shape: tuple[int, ...]
-    part: tuple[int, int, int] | None = None
+    part: tuple[int, int, int | None, int] | None = None
     stack: tuple[TensorInfo, ...] = ()  # per-expert sources, in expert order, stacked on a new leading axis
 
     @property
@@ -121,7 +121,7 @@ def plan_conversion(ckpt: Checkpoint, config: ModelConfig, dtype: np.dtype | Non
     tied_copy: TensorInfo | None = None
     stacked: dict[str, dict[int, TensorInfo]] = {}  # stacked parameter -> {expert index: its tensor}
     for info in ckpt.ordered():
-        if tables.IGNORED.fullmatch(info.name):
+        if tables.IGNORED.fullmatch(info.name) or tables.is_mtp_layer(config, info.name):
             continue
         if config.tie_word_embeddings and info.name == tables.TIED_HEAD_KEY:
             tied_copy = info

@@ -56,17 +56,22 @@ def save_hf_safetensors(path: str | os.PathLike, config: ModelConfig, params_by_
     groups = {key: tables.merge_order(config.model_type, key) for key in sorted({k for k, _ in layout.values()})}
     hf_shape = lambda n: tables.SHAPE_OF[layout[n][1]](tuple(np.shape(params_by_name[n])))  # noqa: E731
     specs = []
-    for key, (names, axis) in groups.items():
+    for key, (names, axis, _) in groups.items():
         shape = hf_shape(names[0])
         if len(names) > 1:
             shape = shape[:axis] + (sum(hf_shape(n)[axis] for n in names),) + shape[axis + 1:]
         specs.append((key, cast or np.asarray(params_by_name[names[0]]).dtype, shape))
 
     def arrays():
-        for (key, dtype, _), (names, axis) in zip(specs, groups.values()):
+        for (key, dtype, shape), (names, axis, interleave) in zip(specs, groups.values()):
             parts = [tables.TRANSFORMS[layout[n][1]](np.asarray(params_by_name[n])).astype(dtype, copy=False)
                      for n in names]
-            yield np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis))
+            if len(parts) == 1:
+                yield np.ascontiguousarray(parts[0])
+            elif interleave:  # slice j of part k lands at j * len(parts) + k
+                yield np.ascontiguousarray(np.stack(parts, axis=axis + 1).reshape(shape))
+            else:
+                yield np.ascontiguousarray(np.concatenate(parts, axis=axis))
 
     with atomic_file(os.fspath(path)) as tmp:
         write_safetensors(tmp, specs, arrays(), HF_METADATA)

@@ -17,11 +17,13 @@ import json
 import math
 import os
 import struct
+import warnings
 from typing import Any, Iterator
 
 import ml_dtypes
 import numpy as np
 
+from checkpoints_convert import mxfp4
 from jaxgen.errors import CheckpointError
 
 SAFETENSORS_FILE = "model.safetensors"
@@ -58,6 +60,8 @@ class TensorInfo:
     shape: tuple[int, ...]
     offset: int
     nbytes: int
+    # A tensor computed from stored ones: MXFP4 (blocks, scales), dequantized on read (checkpoints_convert.mxfp4).
+    mxfp4: tuple["TensorInfo", "TensorInfo"] | None = None
 
 
 def _fail(file: str, tensor: str | None, problem: str, todo: str = _REDOWNLOAD) -> CheckpointError:
@@ -193,6 +197,13 @@ class Checkpoint:
     def read(self, name: str) -> np.ndarray:
         """The data of tensor ``name`` as a new numpy array (bfloat16 via ``ml_dtypes``)."""
         info = self.tensors[name]
+        if info.mxfp4 is not None:
+            blocks, scales = info.mxfp4
+            return mxfp4.dequantize(self._read(blocks), self._read(scales))
+        return self._read(info)
+
+    def _read(self, info: TensorInfo) -> np.ndarray:
+        name = info.name
         if self.kind == "pytorch":
             return _torch_to_numpy(self._torch_state[info.file][name])
         out = np.empty(info.shape, info.dtype)
@@ -306,8 +317,43 @@ def open_torch(files: list[str], folder: str, weight_map: dict[str, str] | None 
     return Checkpoint(folder, tensors, "pytorch", state)
 
 
+def _fold_mxfp4(ckpt: Checkpoint) -> Checkpoint:
+    """Replace each MXFP4 pair ``W_blocks`` + ``W_scales`` (uint8) by one bfloat16 tensor ``W``, dequantized when
+    read; warns once that it does. A half pair or a pair of other dtypes or shapes is an error naming it."""
+    t = ckpt.tensors
+    pairs = [n[: -len(mxfp4.BLOCKS_SUFFIX)] for n in t if n.endswith(mxfp4.BLOCKS_SUFFIX)]
+    pairs += [n[: -len(mxfp4.SCALES_SUFFIX)] for n in t if n.endswith(mxfp4.SCALES_SUFFIX)
+              and n[: -len(mxfp4.SCALES_SUFFIX)] not in pairs]
+    for base in pairs:
+        blocks, scales = t.get(base + mxfp4.BLOCKS_SUFFIX), t.get(base + mxfp4.SCALES_SUFFIX)
+        where = (blocks or scales).file
+        if blocks is None or scales is None:
+            missing = base + (mxfp4.SCALES_SUFFIX if scales is None else mxfp4.BLOCKS_SUFFIX)
+            raise _fail(where, base, f"is MXFP4 but '{missing}' is missing (MXFP4 needs blocks and scales)")
+        ok = (blocks.dtype == scales.dtype == np.uint8 and len(blocks.shape) == 4 and blocks.shape[-1] == 16
+              and blocks.shape[:-1] == scales.shape)
+        if not ok:
+            raise _fail(where, base, f"is not MXFP4 as jaxgen reads it: blocks {blocks.dtype}{list(blocks.shape)}, "
+                        f"scales {scales.dtype}{list(scales.shape)}; expected uint8 [E, rows, G, 16] and uint8 "
+                        "[E, rows, G]", "use the checkpoint as published, or one saved in bfloat16")
+        shape = mxfp4.dequantized_shape(blocks.shape)
+        del t[blocks.name], t[scales.name]
+        t[base] = TensorInfo(base, blocks.file, np.dtype(ml_dtypes.bfloat16), shape, blocks.offset,
+                             2 * math.prod(shape), mxfp4=(blocks, scales))
+    if pairs:
+        warnings.warn(f"{ckpt.folder}: {len(pairs)} MXFP4 tensors (e.g. {pairs[0]}) are dequantized to bfloat16 "
+                      "on conversion; the converted weights take about 4x the disk space of the MXFP4 ones.",
+                      stacklevel=3)
+    return ckpt
+
+
 def open_checkpoint(folder: str | os.PathLike) -> Checkpoint:
-    """Open the weights of a Hugging Face checkpoint folder (headers only; data is read per tensor)."""
+    """Open the weights of a Hugging Face checkpoint folder (headers only; data is read per tensor). MXFP4 pairs
+    (gpt-oss) appear as one bfloat16 tensor each, dequantized when read."""
+    return _fold_mxfp4(_open_checkpoint(folder))
+
+
+def _open_checkpoint(folder: str | os.PathLike) -> Checkpoint:
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise CheckpointError(f"{folder}: not a folder; point to a Hugging Face checkpoint folder "

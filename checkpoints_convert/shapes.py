@@ -30,6 +30,22 @@ def _linear_attention(out: Shapes, prefix: str, s, h: int) -> list[tuple[str, in
             ("linear_attn.out_proj", value_dim, h, False)]
 
 
+def _latent_attention(out: Shapes, prefix: str, a, heads: int, h: int) -> list[tuple[str, int, int, bool]]:
+    """jaxgen.nn.mla.MLA's two latent norms (into ``out``) and its linears."""
+    m, p = a.mla, f"{prefix}.self_attn"
+    qk = m.qk_nope_head_dim + m.qk_rope_head_dim
+    out[f"{p}.kv_a_layernorm.weight"] = (m.kv_lora_rank,)
+    if m.q_lora_rank is None:
+        linears = [("self_attn.q_proj", h, heads * qk, False)]
+    else:
+        out[f"{p}.q_a_layernorm.weight"] = (m.q_lora_rank,)
+        linears = [("self_attn.q_a_proj", h, m.q_lora_rank, a.qkv_bias),
+                   ("self_attn.q_b_proj", m.q_lora_rank, heads * qk, False)]
+    return linears + [("self_attn.kv_a_proj_with_mqa", h, m.kv_lora_rank + m.qk_rope_head_dim, a.qkv_bias),
+                      ("self_attn.kv_b_proj", m.kv_lora_rank, heads * (m.qk_nope_head_dim + m.v_head_dim), False),
+                      ("self_attn.o_proj", heads * m.v_head_dim, h, a.o_bias)]
+
+
 def decoder_shapes(c: ModelConfig) -> Shapes:
     """The decoder of ``c.layers``: biases, q/k norms, four norms (sandwich residual), a gate projection (gated MLP)
     and learned positions only where the specs say so.
@@ -69,16 +85,25 @@ def decoder_shapes(c: ModelConfig) -> Shapes:
                        and (a.kv_source is None or lin[0] != "self_attn.k_proj")]
         if spec.linear is not None:  # a Gated DeltaNet layer replaces self-attention
             linears = _linear_attention(out, prefix, spec.linear, h)
+        if a.mla is not None:  # DeepSeek-V3 latent attention replaces q/k/v (jaxgen.nn.mla)
+            linears = _latent_attention(out, prefix, a, c.num_attention_heads, h)
         if spec.moe is not None:  # jaxgen.nn.moe: stacked experts [E, in, out], router, optional shared expert
             m = spec.moe
             e, mi = m.num_experts, m.intermediate_size
             out.update({f"{prefix}.mlp.experts.gate_proj": (e, h, mi), f"{prefix}.mlp.experts.up_proj": (e, h, mi),
                         f"{prefix}.mlp.experts.down_proj": (e, mi, h)})
-            linears.append(("mlp.gate", h, e, False))
+            linears.append(("mlp.gate", h, e, m.router_bias))
+            if m.expert_bias:  # gpt-oss
+                x = f"{prefix}.mlp.experts"
+                out.update({f"{x}.gate_proj_bias": (e, mi), f"{x}.up_proj_bias": (e, mi), f"{x}.down_proj_bias": (e, h)})
+            if m.scoring == "sigmoid":  # DeepSeek-V3's routing bias
+                out[f"{prefix}.mlp.gate.e_score_correction_bias"] = (e,)
             if m.shared_intermediate_size:
-                si = m.shared_intermediate_size
-                linears += [("mlp.shared_expert.gate_proj", h, si, False), ("mlp.shared_expert.up_proj", h, si, False),
-                            ("mlp.shared_expert.down_proj", si, h, False), ("mlp.shared_expert_gate", h, 1, False)]
+                si, name = m.shared_intermediate_size, "shared_expert" if m.shared_gate else "shared_experts"
+                linears += [(f"mlp.{name}.gate_proj", h, si, False), (f"mlp.{name}.up_proj", h, si, False),
+                            (f"mlp.{name}.down_proj", si, h, False)]
+                if m.shared_gate:
+                    linears.append(("mlp.shared_expert_gate", h, 1, False))
         else:
             if spec.mlp == "gated":
                 linears.append(("mlp.gate_proj", h, i, spec.mlp_bias))
@@ -87,6 +112,8 @@ def decoder_shapes(c: ModelConfig) -> Shapes:
             out[f"{prefix}.{name}.kernel"] = (n_in, n_out)
             if bias:
                 out[f"{prefix}.{name}.bias"] = (n_out,)
+        if a.sinks:  # gpt-oss: one logit per head
+            out[f"{prefix}.self_attn.sinks"] = (c.num_attention_heads,)
         if a.qk_norm:  # one norm per head dimension, shared by all heads
             _norm(out, f"{prefix}.self_attn.q_norm", spec.norm, d)
             if a.kv_source is None:

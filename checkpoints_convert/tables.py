@@ -57,6 +57,8 @@ SLOTS: dict[str, str] = {
     "lin_p": r"conv1d\.weight|dt_bias|A_log|norm\.weight",  # ... and its other parameters, kept as they are
     # GPT2LMHeadModel saves "transformer.h.0..."; the Hub's original GPT-2 files (GPT2Model) have no prefix.
     "gpt2": r"(?:transformer\.)?",
+    "mla": r"q_a_proj|q_b_proj|kv_a_proj_with_mqa|kv_b_proj",  # DeepSeek-V3 latent attention projections
+    "mla_norm": r"q_a_layernorm|kv_a_layernorm",
 }
 # A slot an HF template has but the jaxgen name does not: the value export writes.
 SLOT_DEFAULTS: dict[str, str] = {"gpt2": "transformer."}
@@ -77,6 +79,7 @@ class Rule:
     transform: str
     axis: int = 0
     stack: bool = False  # HF has one tensor per expert {e}; jaxgen's parameter stacks them on a leading axis
+    interleave: bool = False  # a split whose parts alternate along `axis` (gpt-oss gate_up_proj: gate, up, gate...)
     hf_pattern: re.Pattern = dataclasses.field(init=False, repr=False, compare=False)
     patterns: tuple[re.Pattern, ...] = dataclasses.field(init=False, repr=False, compare=False)
 
@@ -91,12 +94,12 @@ class Rule:
 
 @dataclasses.dataclass(frozen=True)
 class Piece:
-    """One jaxgen parameter cut from an HF tensor: ``part = (axis, start, stop)`` of it (None: all of it), then
-    ``transform``."""
+    """One jaxgen parameter cut from an HF tensor: ``part = (axis, start, stop, step)`` of it (None: all of it),
+    then ``transform``."""
 
     target: str
     transform: str
-    part: tuple[int, int, int] | None = None
+    part: tuple[int, int, int | None, int] | None = None
     index: int | None = None  # a stacking rule's slot: this tensor is ``target[index]``
 
 
@@ -178,7 +181,33 @@ GEMMA4_RULES: tuple[Rule, ...] = (
     Rule(f"{_L}.layer_scalar", f"{_L}.layer_scalar", "identity"),
 ) + LLAMA_RULES
 
+# DeepSeek-V3: the MoE layout (experts per expert on disk, fused in transformers 5's memory) plus latent attention
+# (q_proj and o_proj as Llama's), a routing bias and ungated `shared_experts`.
+DEEPSEEK_RULES: tuple[Rule, ...] = (
+    Rule(f"{_L}.self_attn.{{mla}}.weight", f"{_L}.self_attn.{{mla}}.kernel", "transpose"),
+    Rule(f"{_L}.self_attn.{{mla}}.bias", f"{_L}.self_attn.{{mla}}.bias", "identity"),
+    Rule(f"{_L}.self_attn.{{mla_norm}}.weight", f"{_L}.self_attn.{{mla_norm}}.weight", "identity"),
+    Rule(f"{_L}.mlp.gate.e_score_correction_bias", f"{_L}.mlp.gate.e_score_correction_bias", "identity"),
+    Rule(f"{_L}.mlp.shared_experts.{{mlp}}.weight", f"{_L}.mlp.shared_experts.{{mlp}}.kernel", "transpose"),
+) + MOE_RULES
+
+# gpt-oss: experts stored [E, in, out] already (no transpose), gate and up interleaved column by column; a router
+# with a bias (transformers' `mlp.router`, jaxgen's `mlp.gate`); attention sinks. MXFP4 checkpoints' `*_blocks` /
+# `*_scales` pairs reach these rules as the dequantized tensor (checkpoints_convert.mxfp4).
+GPT_OSS_RULES: tuple[Rule, ...] = (
+    Rule(f"{_X}.gate_up_proj", (f"{_X}.gate_proj", f"{_X}.up_proj"), "identity", axis=2, interleave=True),
+    Rule(f"{_X}.gate_up_proj_bias", (f"{_X}.gate_proj_bias", f"{_X}.up_proj_bias"), "identity", axis=1,
+         interleave=True),
+    Rule(f"{_X}.down_proj", f"{_X}.down_proj", "identity"),
+    Rule(f"{_X}.down_proj_bias", f"{_X}.down_proj_bias", "identity"),
+    Rule(f"{_L}.mlp.router.weight", f"{_L}.mlp.gate.kernel", "transpose"),
+    Rule(f"{_L}.mlp.router.bias", f"{_L}.mlp.gate.bias", "identity"),
+    Rule(f"{_L}.self_attn.sinks", f"{_L}.self_attn.sinks", "identity"),
+) + LLAMA_RULES
+
 TABLES: dict[str, tuple[Rule, ...]] = {
+    "deepseek_v3": DEEPSEEK_RULES,
+    "gpt_oss": GPT_OSS_RULES,
     "gemma4_text": GEMMA4_RULES,
     "qwen3_5_text": QWEN3_5_RULES,
     "llama": LLAMA_RULES,
@@ -199,6 +228,13 @@ TABLES: dict[str, tuple[Rule, ...]] = {
 # frequencies; GPT-2's causal-mask buffers `attn.bias` / `attn.masked_bias`).
 IGNORED = re.compile(r"(?:model\.layers\.\d+\.self_attn\.)?(?:model\.)?rotary_emb\.inv_freq"
                      r"|(?:transformer\.)?h\.\d+\.attn\.(?:masked_)?bias")
+
+def is_mtp_layer(config, key: str) -> bool:
+    """Whether HF ``key`` belongs to a multi-token-prediction layer (DeepSeek-V3's ``model.layers.{L + j}``, past
+    the ``L`` decoder layers): transformers ignores those on load, and conversion drops them."""
+    m = re.match(r"model\.layers\.(\d+)\.", key)
+    return bool(m) and 0 <= int(m.group(1)) - config.num_hidden_layers < config.mtp_layers
+
 
 # With tied embeddings the LM head is the embedding; a checkpoint may still carry a copy under this key.
 TIED_HEAD_KEY = "lm_head.weight"
@@ -248,18 +284,23 @@ def plan_key(model_type: str, key: str,
     shapes = [back(expected[n]) for n in names]
     assert all(len(s) == len(shapes[0]) and s[:axis] + s[axis + 1:] == shapes[0][:axis] + shapes[0][axis + 1:]
                for s in shapes), (key, shapes)  # the parts of a split differ only along its axis
+    total = sum(shape[axis] for shape in shapes)
+    if rule.interleave:  # part k is every len(names)-th slice from k; the parts must be equal
+        assert len({shape[axis] for shape in shapes}) == 1, (key, shapes)
+        pieces = [Piece(name, transform, (axis, k, None, len(names))) for k, name in enumerate(names)]
+        return pieces, shapes[0][:axis] + (total,) + shapes[0][axis + 1:]
     pieces, start = [], 0
     for name, shape in zip(names, shapes):
-        pieces.append(Piece(name, transform, (axis, start, start + shape[axis])))
+        pieces.append(Piece(name, transform, (axis, start, start + shape[axis], 1)))
         start += shape[axis]
-    return pieces, shapes[0][:axis] + (start,) + shapes[0][axis + 1:]
+    return pieces, shapes[0][:axis] + (total,) + shapes[0][axis + 1:]
 
 
 def cut(x: np.ndarray, piece: Piece) -> np.ndarray:
     """The jaxgen parameter ``piece`` describes, from its whole HF tensor ``x``."""
     if piece.part is not None:
-        axis, start, stop = piece.part
-        x = x[(slice(None),) * axis + (slice(start, stop),)]
+        axis, start, stop, step = piece.part
+        x = x[(slice(None),) * axis + (slice(start, stop, step),)]
     return TRANSFORMS[piece.transform](x)
 
 
@@ -276,10 +317,11 @@ def hf_key(model_type: str, name: str) -> tuple[str, str] | None:
     return None
 
 
-def merge_order(model_type: str, key: str) -> tuple[tuple[str, ...], int]:
-    """The jaxgen names whose HF-layout tensors, concatenated along the returned axis, make HF tensor ``key``."""
+def merge_order(model_type: str, key: str) -> tuple[tuple[str, ...], int, bool]:
+    """``(names, axis, interleave)``: the jaxgen names whose HF-layout tensors, concatenated along ``axis`` (or
+    interleaved along it, slice by slice), make HF tensor ``key``."""
     names, _, axis = targets(model_type, key)
-    return names, axis
+    return names, axis, _match(model_type, key)[0].interleave
 
 
 def source_key(model_type: str, name: str) -> str:

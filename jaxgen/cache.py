@@ -46,9 +46,12 @@ def init_cache(config: ModelConfig, batch_size: int, capacity: int, dtype: jnp.d
     # Per-layer shapes (Gemma 4's global layers differ); None where a layer has no KV of its own (linear
     # attention, or KV sharing: it reads layer `kv_source`'s entry).
     own = [lin is None and spec.attention.kv_source is None for lin, spec in zip(linear, config.layers)]
-    shape = lambda i: (batch_size, config.layer_kv_heads(i), capacity, config.layer_head_dim(i))  # noqa: E731
-    kv = lambda: tuple(jnp.zeros(shape(i), dtype) if own[i] else None for i in range(len(own)))  # noqa: E731
-    cache = KVCache(keys=kv(), values=kv(), valid=jnp.zeros((batch_size, capacity), bool),
+    # DeepSeek-V3 (latent attention): keys [B, 1, S, kv_lora_rank] hold the latent, values [B, 1, S,
+    # qk_rope_head_dim] the rotated shared key (ModelConfig.layer_cache_dims).
+    dims = [config.layer_cache_dims(i) for i in range(len(own))]
+    shape = lambda i, d: (batch_size, dims[i][0], capacity, dims[i][d])  # noqa: E731
+    kv = lambda d: tuple(jnp.zeros(shape(i, d), dtype) if own[i] else None for i in range(len(own)))  # noqa: E731
+    cache = KVCache(keys=kv(1), values=kv(2), valid=jnp.zeros((batch_size, capacity), bool),
                     index=jnp.zeros((), jnp.int32))
     if not any(linear):
         return cache

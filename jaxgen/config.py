@@ -14,7 +14,8 @@ from typing import Any, Mapping
 from jaxgen.errors import ConfigError, read_json_object
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma", "gemma2", "gemma3_text",
-                         "phi3", "mixtral", "qwen2_moe", "qwen3_moe", "qwen3_5_text", "gemma4_text")
+                         "phi3", "mixtral", "qwen2_moe", "qwen3_moe", "qwen3_5_text", "gemma4_text",
+                         "deepseek_v3", "gpt_oss")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
 SUPPORTED_ACTIVATIONS = ("silu",)
 
@@ -102,6 +103,24 @@ class AttentionSpec:
     kv_source: int | None = None  # reuse this earlier layer's cached keys/values: no k/v projections, no own cache
     k_eq_v: bool = False  # no v_proj: the values are k_proj's output (before k_norm and RoPE)
     v_norm: bool = False  # scale-free RMS norm of the values over head_dim
+    mla: "MLASpec | None" = None  # DeepSeek-V3: multi-head latent attention (jaxgen.nn.mla) instead of q/k/v/o
+    sinks: bool = False  # gpt-oss: one learned logit per head joins each softmax (its probability is dropped)
+
+
+@dataclasses.dataclass(frozen=True)
+class MLASpec:
+    """Multi-head latent attention (DeepSeek-V2/V3). q: ``q_proj`` or, with ``q_lora_rank``, ``q_b_proj(norm(
+    q_a_proj(x)))``, per head ``[nope | rope]``; ``kv_a_proj_with_mqa`` gives a latent of ``kv_lora_rank`` (normed)
+    and one RoPE key of ``qk_rope_head_dim`` shared by all heads; ``kv_b_proj`` maps the latent to per-head
+    ``[k_nope | v]``. The cache keeps the latent and the rotated key, not per-head keys/values. ``interleave``: the
+    rotary pairs are ``(x0, x1), (x2, x3), ...`` (transformers' ``rope_interleave``)."""
+
+    q_lora_rank: int | None
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    interleave: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +135,20 @@ class MoESpec:
     intermediate_size: int
     norm_topk_prob: bool = True
     shared_intermediate_size: int = 0
+    # DeepSeek-V3 routing: sigmoid scores (+ e_score_correction_bias for the choice only), experts chosen within
+    # the `topk_group` best of `n_group` groups, weights times `routed_scaling_factor`; its shared experts are
+    # ungated (`shared_gate=False`).
+    scoring: str = "softmax"  # "softmax" | "sigmoid" | "topk_softmax" (gpt-oss: top-k logits, then softmax)
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0
+    shared_gate: bool = True
+    # gpt-oss: a router bias, per-expert biases on every projection, and the clamped SwiGLU
+    # ``(clip(up, -limit, limit) + 1) * g * sigmoid(alpha * g)`` with ``g = min(gate, limit)``.
+    router_bias: bool = False
+    expert_bias: bool = False
+    swiglu_limit: float | None = None
+    swiglu_alpha: float = 1.702
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +229,9 @@ class ModelConfig:
     # Gemma 4 per-layer inputs: a second table [per_layer_vocab_size, layers * per_layer_input_size] (0: none)
     per_layer_input_size: int = 0
     per_layer_vocab_size: int = 0
+    # DeepSeek-V3 multi-token-prediction layers: a checkpoint carries them as model.layers.{num_hidden_layers + j};
+    # they are not part of the causal LM, and conversion drops them.
+    mtp_layers: int = 0
 
     def __post_init__(self):
         # Frozen: derived defaults are set once, here.
@@ -221,6 +257,15 @@ class ModelConfig:
     def layer_kv_heads(self, layer: int) -> int:
         return self.layers[layer].attention.num_kv_heads or self.num_key_value_heads
 
+    def layer_cache_dims(self, layer: int) -> tuple[int, int, int]:
+        """``(heads, key_dim, value_dim)`` of ``layer``'s cache entries: per-head keys/values, or for latent
+        attention (DeepSeek-V3) one "head" holding the latent (``keys``) and the rotated shared key (``values``)."""
+        mla = self.layers[layer].attention.mla
+        if mla is not None:
+            return 1, mla.kv_lora_rank, mla.qk_rope_head_dim
+        d = self.layer_head_dim(layer)
+        return self.layer_kv_heads(layer), d, d
+
     def layer_window(self, layer: int) -> int | None:
         """Sliding-window size of ``layer`` (None = full causal attention)."""
         return self.layers[layer].attention.window
@@ -243,6 +288,17 @@ class ModelConfig:
                 vd = lin.num_v_heads * lin.v_head_dim
                 total += h * (lin.conv_dim + vd + 2 * lin.num_v_heads) + vd * h
                 total += lin.conv_dim * lin.conv_kernel + 2 * lin.num_v_heads + lin.v_head_dim
+            elif a.mla is not None:  # q (low-rank + norm, or plain), kv_a + norm, kv_b, o (biases: q_a, kv_a, o)
+                m, n = a.mla, self.num_attention_heads
+                qk = m.qk_nope_head_dim + m.qk_rope_head_dim
+                kv_a = m.kv_lora_rank + m.qk_rope_head_dim
+                if m.q_lora_rank is None:
+                    total += h * n * qk
+                else:
+                    total += h * m.q_lora_rank + m.q_lora_rank * (1 + a.qkv_bias) + m.q_lora_rank * n * qk
+                total += h * kv_a + kv_a * a.qkv_bias + m.kv_lora_rank
+                total += m.kv_lora_rank * n * (m.qk_nope_head_dim + m.v_head_dim) + n * m.v_head_dim * h
+                total += h * a.o_bias
             else:
                 d = self.layer_head_dim(layer)
                 q_size, kv_size = self.num_attention_heads * d, self.layer_kv_heads(layer) * d
@@ -251,10 +307,13 @@ class ModelConfig:
                 total += h * (q_out + q_size) + n_kv * h * kv_size
                 total += (q_out + n_kv * kv_size) * a.qkv_bias + h * a.o_bias
                 total += (1 + (a.kv_source is None)) * norm(spec.norm, d) * a.qk_norm
+            total += self.num_attention_heads * a.sinks
             if spec.moe is not None:  # experts, router, shared expert and its gate
                 m = spec.moe
                 total += 3 * h * (m.num_experts * m.intermediate_size + m.shared_intermediate_size)
-                total += h * m.num_experts + h * (m.shared_intermediate_size > 0)
+                total += m.num_experts * m.router_bias + m.num_experts * (2 * m.intermediate_size + h) * m.expert_bias
+                total += h * m.num_experts + h * (m.shared_intermediate_size > 0 and m.shared_gate)
+                total += m.num_experts * (m.scoring == "sigmoid")  # e_score_correction_bias
             else:
                 n_mats = 3 if spec.mlp == "gated" else 2
                 total += n_mats * h * i + ((n_mats - 1) * i + h) * spec.mlp_bias

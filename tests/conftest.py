@@ -141,9 +141,10 @@ def randomize_vectors_and_save(model, prefix: str) -> str:
     dropped or swapped one) in place, save with ``save_pretrained``, return the folder."""
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        scalars = [b for name, b in model.named_buffers() if name.endswith("layer_scalar")]  # Gemma 4's, saved
-        for p in [*model.parameters(), *scalars]:
-            if p.ndim == 1:
+        # Saved buffers that are weights: Gemma 4's layer scalars, DeepSeek-V3's routing bias.
+        scalars = [b for name, b in model.named_buffers() if name.endswith(("layer_scalar", "e_score_correction_bias"))]
+        for name, p in [*model.named_parameters(), *((None, b) for b in scalars)]:
+            if p.ndim == 1 or (name or "").endswith("_bias"):  # gpt-oss's expert biases are [E, width]
                 p.add_(0.3 * torch.randn(p.shape, generator=gen))
     folder = tempfile.mkdtemp(prefix=f"{prefix}-", dir=_ROOT)
     model.save_pretrained(folder)
@@ -183,6 +184,18 @@ GEMMA4 = dict(num_hidden_layers=5, head_dim=16, global_head_dim=32, num_global_k
               rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                                "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.5,
                                                   "rope_theta": 10000.0}})
+# DeepSeek-V3: latent attention with a low-rank q and interleaved rotary pairs; layer 0 dense, then 8 experts in 4
+# groups (the best 2 groups, top-2 inside), a shared expert, a routing bias (randomised with the norms).
+DEEPSEEK_V3 = dict(num_hidden_layers=3, num_key_value_heads=4, q_lora_rank=24, kv_lora_rank=16, qk_nope_head_dim=8,
+                   qk_rope_head_dim=8, v_head_dim=12, n_routed_experts=8, num_experts_per_tok=2, n_group=4,
+                   topk_group=2, n_shared_experts=1, moe_intermediate_size=32, first_k_dense_replace=1,
+                   routed_scaling_factor=1.5)
+# gpt-oss: sliding (window 4) and full layers, sinks, top-2 of 4 experts with biases; a SwiGLU limit of 1.5, small
+# enough that the clamps bind on these random weights; YaRN as the released configs (truncate false).
+GPT_OSS = dict(num_hidden_layers=2, head_dim=16, num_local_experts=4, num_experts_per_tok=2, intermediate_size=32,
+               sliding_window=4, layer_types=["sliding_attention", "full_attention"], swiglu_limit=1.5,
+               rope_parameters={"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                "truncate": False, "original_max_position_embeddings": 64, "rope_theta": 150000.0})
 MATRIX = {
     **{name: VARIANTS[name] for name in ("llama_gqa", "mistral_window", "qwen2_bias", "qwen3_qknorm", "gpt2",
                                          "gemma", "gemma2", "gemma3", "phi3", "phi3_partial_longrope")},
@@ -190,6 +203,8 @@ MATRIX = {
     "qwen3_5": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM", QWEN35),
     # --- entries for families added later go below this line, one per family ---
     "gemma4": ("Gemma4TextConfig", "Gemma4ForCausalLM", GEMMA4),
+    "deepseek_v3": ("DeepseekV3Config", "DeepseekV3ForCausalLM", DEEPSEEK_V3),
+    "gpt_oss": ("GptOssConfig", "GptOssForCausalLM", GPT_OSS),
 }
 
 

@@ -10,7 +10,7 @@ from typing import Callable
 
 from jaxgen.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from jaxgen.errors import ConfigError
-from jaxgen.families import gemma, gemma4, gpt2, llama, moe, phi3, qwen3_5
+from jaxgen.families import deepseek, gemma, gemma4, gpt2, gpt_oss, llama, moe, phi3, qwen3_5
 
 Parser = Callable[[dict, str], ModelConfig]
 
@@ -22,6 +22,8 @@ PARSERS: dict[str, Parser] = {
     "phi3": phi3.parse,
     "qwen3_5_text": qwen3_5.parse,
     "mixtral": moe.parse, "qwen2_moe": moe.parse, "qwen3_moe": moe.parse,
+    "deepseek_v3": deepseek.parse,
+    "gpt_oss": gpt_oss.parse,
 }
 assert set(PARSERS) == set(SUPPORTED_MODEL_TYPES), (set(PARSERS), SUPPORTED_MODEL_TYPES)
 
@@ -32,4 +34,12 @@ def parse_config(raw: dict, source: str = "config.json") -> ModelConfig:
     if model_type not in PARSERS:
         raise ConfigError(f"{source}: model_type {model_type!r} is not supported; jaxgen supports "
                           f"{', '.join(SUPPORTED_MODEL_TYPES)}.")
+    quant = raw.get("quantization_config")
+    method = quant.get("quant_method") if isinstance(quant, dict) else None
+    # FP8 (DeepSeek-V3's release), GPTQ, AWQ, bitsandbytes: packed weights and scales jaxgen does not read. gpt-oss's
+    # MXFP4 experts are the exception: conversion dequantizes them (checkpoints_convert.mxfp4).
+    if quant and not (model_type == "gpt_oss" and method == "mxfp4"):
+        raise ConfigError(f"{source}: this is a quantized checkpoint (quantization_config.quant_method={method!r}); "
+                          "jaxgen loads float weights only. Dequantize it to bfloat16 first (e.g. load it in "
+                          "transformers with the matching dequantize option and save_pretrained), then load that.")
     return PARSERS[model_type](raw, source)

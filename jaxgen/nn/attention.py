@@ -41,6 +41,9 @@ class Attention(nnx.Module):
         self.scale = d ** -0.5 if a.scale is None else a.scale
         self.softcap = a.softcap
         self.precision = precision
+        self.use_sinks = a.sinks
+        if a.sinks:  # gpt-oss: one logit per head that joins every softmax
+            self.sinks = nnx.Param(jnp.zeros((self.num_heads,), param_dtype))
 
     def __call__(self, x: Array, rope: tuple[Array, Array] | None, k_cache: Array, v_cache: Array, index: Array,
                  mask: Array) -> tuple[Array, Array, Array]:
@@ -80,7 +83,13 @@ class Attention(nnx.Module):
             scores = jnp.tanh(scores / self.softcap) * self.softcap
         # A finite minimum, not -inf: a fully masked (padding) query row then stays finite instead of NaN.
         scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+        if self.use_sinks:  # softmax over [scores, sink], the sink's share dropped (probabilities sum below 1)
+            sink = self.sinks[...].astype(jnp.float32).reshape(1, self.num_kv_heads, groups, 1, 1)
+            top = jnp.maximum(jnp.max(scores, axis=-1, keepdims=True), sink)
+            e = jnp.exp(scores - top)
+            probs = (e / (jnp.sum(e, axis=-1, keepdims=True) + jnp.exp(sink - top))).astype(x.dtype)
+        else:
+            probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
         out = jnp.einsum("bkgts,bksd->btkgd", probs, v_cache.astype(x.dtype), precision=self.precision)
         out = out.reshape(b, t, self.num_heads * self.head_dim)
         if self.output_gate:

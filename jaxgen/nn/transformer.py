@@ -22,6 +22,7 @@ from jaxgen.nn.attention import Attention
 from jaxgen.nn.linear_attention import GatedDeltaNet
 from jaxgen.nn.layers import ACTIVATIONS, MLP, linear, norm
 from jaxgen.nn.moe import MoE
+from jaxgen.nn.mla import MLA
 from jaxgen.nn.rope import rope_cos_sin
 
 
@@ -42,8 +43,9 @@ class Block(nnx.Module):
         if self.linear:  # Qwen3.5 linear_attention layer: Gated DeltaNet with its own (conv, recurrent) state
             self.linear_attn = GatedDeltaNet(h, spec.linear, spec.norm.eps, dtype=dtype, param_dtype=param_dtype,
                                              precision=precision, rngs=rngs)
-        else:
-            self.self_attn = Attention(config, spec, dtype=dtype, param_dtype=param_dtype, precision=precision,
+        else:  # DeepSeek-V3: latent attention (its cache entries are the latent and the rotated shared key)
+            attention = MLA if spec.attention.mla is not None else Attention
+            self.self_attn = attention(config, spec, dtype=dtype, param_dtype=param_dtype, precision=precision,
                                        rngs=rngs)
         self.post_attention_layernorm = norm(spec.norm, h, param_dtype)
         self.sandwich = spec.residual == "sandwich"

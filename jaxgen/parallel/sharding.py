@@ -45,6 +45,17 @@ PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r".*mlp\.(gate|shared_expert_gate)\.kernel", ("embed", None)),
     (r".*mlp\.shared_expert\.(gate|up)_proj\.kernel", ("embed", "expert_mlp")),
     (r".*mlp\.shared_expert\.down_proj\.kernel", ("expert_mlp", "embed")),
+    (r".*mlp\.gate\.e_score_correction_bias", (None,)),
+    (r".*mlp\.gate\.bias", (None,)),  # gpt-oss router bias
+    (r".*mlp\.experts\.(gate|up)_proj_bias", ("experts", "expert_mlp")),
+    (r".*mlp\.experts\.down_proj_bias", ("experts", None)),
+    (r".*self_attn\.sinks", ("heads",)),
+    (r".*mlp\.shared_experts\.(gate|up)_proj\.kernel", ("embed", "expert_mlp")),
+    (r".*mlp\.shared_experts\.down_proj\.kernel", ("expert_mlp", "embed")),
+    # DeepSeek-V3 latent attention: the low-rank inputs replicated, the per-head expansions split by head.
+    (r".*self_attn\.(q_a_proj|kv_a_proj_with_mqa)\.kernel", ("embed", None)),
+    (r".*self_attn\.(q_a_proj|kv_a_proj_with_mqa)\.bias", (None,)),
+    (r".*self_attn\.(q_b_proj|kv_b_proj)\.kernel", (None, "heads")),
     # Qwen3.5 Gated DeltaNet: replicated (in_proj_qkv's channels are [q | k | v] fused and conv'd together).
     (r".*linear_attn\.in_proj_\w+\.kernel", ("embed", None)),
     (r".*linear_attn\.out_proj\.kernel", (None, "embed")),
@@ -131,9 +142,10 @@ def cache_sharding(config: ModelConfig, mesh: Mesh):
 
     rules = resolve_axes(config, mesh)
     kv = NamedSharding(mesh, PartitionSpec(DATA, rules["kv_heads"], None, None))
+    latent = NamedSharding(mesh, PartitionSpec(DATA, None, None, None))  # MLA: one "head" of latents, replicated
     linear = [spec.linear for spec in config.layers]
-    kvs = tuple(None if lin or spec.attention.kv_source is not None else kv  # KV sharing: no own entry
-                for lin, spec in zip(linear, config.layers))
+    kvs = tuple(None if lin or spec.attention.kv_source is not None else  # KV sharing: no own entry
+                latent if spec.attention.mla is not None else kv for lin, spec in zip(linear, config.layers))
     cache = KVCache(keys=kvs, values=kvs, valid=NamedSharding(mesh, PartitionSpec(DATA, None)),
                     index=NamedSharding(mesh, PartitionSpec()))
     if not any(linear):
