@@ -208,6 +208,22 @@ MATRIX = {
 }
 
 
+def assert_generate_matches_transformers(model, ref, ids: np.ndarray, mask: np.ndarray, num_beams: int,
+                                         min_distinct: int = 0) -> None:
+    """Greedy (``num_beams=1``) or beam search with repetition penalty 1.2, 8 new tokens: jaxgen's tokens equal
+    transformers' ``generate``, and beam scores agree to 1e-4. ``min_distinct``: the reference's first row must
+    hold that many distinct new tokens (so the comparison is not of one repeated token)."""
+    kw = dict(max_new_tokens=8, num_beams=num_beams, repetition_penalty=1.2, pad_token_id=3, eos_token_id=37)
+    out = jaxgen.generate(model, ids, mask, **kw)
+    with torch.no_grad():
+        want = ref.generate(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long),
+                            do_sample=False, output_scores=True, return_dict_in_generate=True, **kw)
+    assert len(set(want.sequences[0, ids.shape[1]:].tolist())) >= min_distinct, want.sequences
+    np.testing.assert_array_equal(np.asarray(out.sequences)[:, :want.sequences.shape[1]], want.sequences.numpy())
+    if num_beams > 1:
+        np.testing.assert_allclose(np.asarray(out.sequences_scores), want.sequences_scores.numpy(), atol=1e-4)
+
+
 @functools.lru_cache(maxsize=None)
 def matrix_checkpoint(name: str) -> tuple[str, object]:
     """(folder, float32 torch model in eval mode) of ``MATRIX[name]``, with randomised norm weights and biases."""

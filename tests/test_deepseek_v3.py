@@ -23,7 +23,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import jaxgen  # noqa: E402
-from conftest import BASE, DEEPSEEK_V3, left_pad, randomize_vectors_and_save  # noqa: E402
+from conftest import (BASE, DEEPSEEK_V3, assert_generate_matches_transformers, left_pad,  # noqa: E402
+                      randomize_vectors_and_save)
 from jaxgen.config import ModelConfig  # noqa: E402
 from jaxgen.decode.loop import prompt_positions  # noqa: E402
 from jaxgen.errors import CheckpointError, ConfigError  # noqa: E402
@@ -111,16 +112,7 @@ def test_expand_and_absorb_agree_prefill_and_decode(variant):
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_generate_matches_transformers(num_beams):
     ids, mask, _ = batch()
-    ref = checkpoint("plain")[1]
-    kw = dict(max_new_tokens=8, num_beams=num_beams, repetition_penalty=1.2, pad_token_id=3, eos_token_id=37)
-    out = jaxgen.generate(model("plain"), ids, mask, **kw)
-    with torch.no_grad():
-        want = ref.generate(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long),
-                            do_sample=False, output_scores=True, return_dict_in_generate=True, **kw)
-    assert len(set(want.sequences[0, ids.shape[1]:].tolist())) >= 3, want.sequences
-    np.testing.assert_array_equal(np.asarray(out.sequences)[:, :want.sequences.shape[1]], want.sequences.numpy())
-    if num_beams > 1:
-        np.testing.assert_allclose(np.asarray(out.sequences_scores), want.sequences_scores.numpy(), atol=1e-4)
+    assert_generate_matches_transformers(model("plain"), checkpoint("plain")[1], ids, mask, num_beams, min_distinct=3)
 
 
 @pytest.mark.parametrize("n_group,topk_group,top_k,normalize", [(4, 2, 3, True), (1, 1, 2, False), (8, 3, 3, True)])

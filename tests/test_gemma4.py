@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BASE, GEMMA4, left_pad
+from conftest import BASE, GEMMA4, assert_generate_matches_transformers, left_pad
 
 PROMPTS = [[5, 9, 17, 33, 4, 88, 21, 60, 3, 99, 12], [7, 8, 9, 40, 41]]
 
@@ -94,18 +94,8 @@ def test_gemma4_prefill_then_decode_equals_full_forward(gemma4):
 
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_gemma4_generate_matches_transformers(gemma4, num_beams):
-    import jaxgen
-
-    model, ref = gemma4
     ids, mask, _ = _batch()
-    kw = dict(max_new_tokens=8, num_beams=num_beams, repetition_penalty=1.2, pad_token_id=3, eos_token_id=37)
-    out = jaxgen.generate(model, ids, mask, **kw)
-    with torch.no_grad():
-        want = ref.generate(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long),
-                            do_sample=False, output_scores=True, return_dict_in_generate=True, **kw)
-    np.testing.assert_array_equal(np.asarray(out.sequences)[:, :want.sequences.shape[1]], want.sequences.numpy())
-    if num_beams > 1:
-        np.testing.assert_allclose(np.asarray(out.sequences_scores), want.sequences_scores.numpy(), atol=1e-4)
+    assert_generate_matches_transformers(*gemma4, ids, mask, num_beams)
 
 
 def test_gemma4_bad_configs_are_config_errors():

@@ -20,7 +20,7 @@ transformers = pytest.importorskip("transformers")
 
 import jaxgen  # noqa: E402
 from checkpoints_convert import mxfp4  # noqa: E402
-from conftest import BASE, GPT_OSS, left_pad, matrix_checkpoint  # noqa: E402
+from conftest import BASE, GPT_OSS, assert_generate_matches_transformers, left_pad, matrix_checkpoint  # noqa: E402
 from jaxgen.config import ModelConfig  # noqa: E402
 from jaxgen.decode.loop import prompt_positions  # noqa: E402
 from jaxgen.errors import CheckpointError, ConfigError  # noqa: E402
@@ -174,15 +174,7 @@ def test_mxfp4_checkpoint_converts_to_transformers_dequantized_model(tmp_path):
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_generate_matches_transformers(num_beams):
     ids, mask, _ = batch()
-    ref = matrix_checkpoint("gpt_oss")[1]
-    kw = dict(max_new_tokens=8, num_beams=num_beams, repetition_penalty=1.2, pad_token_id=3, eos_token_id=37)
-    out = jaxgen.generate(model(), ids, mask, **kw)
-    with torch.no_grad():
-        want = ref.generate(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long),
-                            do_sample=False, output_scores=True, return_dict_in_generate=True, **kw)
-    np.testing.assert_array_equal(np.asarray(out.sequences)[:, :want.sequences.shape[1]], want.sequences.numpy())
-    if num_beams > 1:
-        np.testing.assert_allclose(np.asarray(out.sequences_scores), want.sequences_scores.numpy(), atol=1e-4)
+    assert_generate_matches_transformers(model(), matrix_checkpoint("gpt_oss")[1], ids, mask, num_beams)
 
 
 def test_bad_configs_are_config_errors():
