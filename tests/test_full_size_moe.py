@@ -18,6 +18,14 @@ from jaxgen.config import ModelConfig  # noqa: E402
 from jaxgen.model import abstract_model, make_step  # noqa: E402
 
 # The config.json fields that set the sizes, as published on the Hub.
+GPT_OSS_20B = dict(
+    model_type="gpt_oss", hidden_size=2880, intermediate_size=2880, num_hidden_layers=24, num_attention_heads=64,
+    num_key_value_heads=8, head_dim=64, num_local_experts=32, num_experts_per_tok=4, vocab_size=201088,
+    sliding_window=128, layer_types=["sliding_attention", "full_attention"] * 12, attention_bias=True,
+    max_position_embeddings=131072, rms_norm_eps=1e-5, swiglu_limit=7.0, tie_word_embeddings=False,
+    rope_scaling=dict(rope_type="yarn", factor=32.0, beta_fast=32.0, beta_slow=1.0, truncate=False,
+                      original_max_position_embeddings=4096), rope_theta=150000,
+    quantization_config=dict(quant_method="mxfp4"))
 FULL_SIZE = {
     "Mixtral-8x7B": ("MixtralForCausalLM", dict(
         model_type="mixtral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
@@ -33,22 +41,9 @@ FULL_SIZE = {
         num_hidden_layers=94, num_attention_heads=64, num_key_value_heads=4, head_dim=128, num_experts=128,
         num_experts_per_tok=8, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], vocab_size=151936,
         max_position_embeddings=40960, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False)),
-    "gpt-oss-20b": ("GptOssForCausalLM", dict(
-        model_type="gpt_oss", hidden_size=2880, intermediate_size=2880, num_hidden_layers=24, num_attention_heads=64,
-        num_key_value_heads=8, head_dim=64, num_local_experts=32, num_experts_per_tok=4, vocab_size=201088,
-        sliding_window=128, layer_types=["sliding_attention", "full_attention"] * 12, attention_bias=True,
-        max_position_embeddings=131072, rms_norm_eps=1e-5, swiglu_limit=7.0, tie_word_embeddings=False,
-        rope_scaling=dict(rope_type="yarn", factor=32.0, beta_fast=32.0, beta_slow=1.0, truncate=False,
-                          original_max_position_embeddings=4096), rope_theta=150000,
-        quantization_config=dict(quant_method="mxfp4"))),
-    "gpt-oss-120b": ("GptOssForCausalLM", dict(
-        model_type="gpt_oss", hidden_size=2880, intermediate_size=2880, num_hidden_layers=36, num_attention_heads=64,
-        num_key_value_heads=8, head_dim=64, num_local_experts=128, num_experts_per_tok=4, vocab_size=201088,
-        sliding_window=128, layer_types=["sliding_attention", "full_attention"] * 18, attention_bias=True,
-        max_position_embeddings=131072, rms_norm_eps=1e-5, swiglu_limit=7.0, tie_word_embeddings=False,
-        rope_scaling=dict(rope_type="yarn", factor=32.0, beta_fast=32.0, beta_slow=1.0, truncate=False,
-                          original_max_position_embeddings=4096), rope_theta=150000,
-        quantization_config=dict(quant_method="mxfp4"))),
+    "gpt-oss-20b": ("GptOssForCausalLM", GPT_OSS_20B),
+    "gpt-oss-120b": ("GptOssForCausalLM", {**GPT_OSS_20B, "num_hidden_layers": 36, "num_local_experts": 128,
+                                            "layer_types": ["sliding_attention", "full_attention"] * 18}),
     "DeepSeek-V3": ("DeepseekV3ForCausalLM", dict(
         model_type="deepseek_v3", hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
         num_hidden_layers=61, num_attention_heads=128, num_key_value_heads=128, n_shared_experts=1,
