@@ -90,11 +90,17 @@ def decoder_shapes(c: ModelConfig) -> Shapes:
         if spec.moe is not None:  # jaxgen.nn.moe: stacked experts [E, in, out], router, optional shared expert
             m = spec.moe
             e, mi = m.num_experts, m.intermediate_size
-            out.update({f"{prefix}.mlp.experts.gate_proj": (e, h, mi), f"{prefix}.mlp.experts.up_proj": (e, h, mi),
-                        f"{prefix}.mlp.experts.down_proj": (e, mi, h)})
-            linears.append(("mlp.gate", h, e, m.router_bias))
+            # Gemma 4's routed experts sit beside its dense MLP, in `moe`; the others replace the MLP
+            mod = "moe" if spec.mlp == "dense+moe" else "mlp"
+            x = f"{prefix}.{mod}.experts"
+            out.update({f"{x}.gate_proj": (e, h, mi), f"{x}.up_proj": (e, h, mi), f"{x}.down_proj": (e, mi, h)})
+            linears.append((f"{mod}.gate", h, e, m.router_bias))
+            if m.scoring == "gemma4":
+                out.update({f"{prefix}.moe.router_scale": (h,), f"{prefix}.moe.per_expert_scale": (e,)})
+                for name in ("post_feedforward_layernorm_1", "pre_feedforward_layernorm_2",
+                             "post_feedforward_layernorm_2"):
+                    _norm(out, f"{prefix}.{name}", spec.norm, h)
             if m.expert_bias:  # gpt-oss
-                x = f"{prefix}.mlp.experts"
                 out.update({f"{x}.gate_proj_bias": (e, mi), f"{x}.up_proj_bias": (e, mi), f"{x}.down_proj_bias": (e, h)})
             if m.scoring == "sigmoid":  # DeepSeek-V3's routing bias
                 out[f"{prefix}.mlp.gate.e_score_correction_bias"] = (e,)
@@ -104,8 +110,8 @@ def decoder_shapes(c: ModelConfig) -> Shapes:
                             (f"mlp.{name}.down_proj", si, h, False)]
                 if m.shared_gate:
                     linears.append(("mlp.shared_expert_gate", h, 1, False))
-        else:
-            if spec.mlp == "gated":
+        if spec.moe is None or spec.mlp == "dense+moe":
+            if spec.mlp != "plain":
                 linears.append(("mlp.gate_proj", h, i, spec.mlp_bias))
             linears += [("mlp.up_proj", h, i, spec.mlp_bias), ("mlp.down_proj", i, h, spec.mlp_bias)]
         for name, n_in, n_out, bias in linears:

@@ -49,7 +49,8 @@ SLOTS: dict[str, str] = {
     "e": r"\d+",  # an expert's index in a per-expert checkpoint (a stacking rule)
     "attn": r"[qkvo]_proj",
     "mlp": r"(?:gate|up|down)_proj",
-    "norm": r"input_layernorm|post_attention_layernorm|pre_feedforward_layernorm|post_feedforward_layernorm",
+    "norm": r"input_layernorm|post_attention_layernorm|pre_feedforward_layernorm|post_feedforward_layernorm"
+            r"|post_feedforward_layernorm_1|pre_feedforward_layernorm_2|post_feedforward_layernorm_2",  # Gemma 4 MoE
     "qk": r"[qk]_norm",
     "ple": r"per_layer_input_gate|per_layer_projection",  # Gemma 4 per-layer input linears
     "leaf": r"weight|bias",
@@ -179,6 +180,13 @@ GEMMA4_RULES: tuple[Rule, ...] = (
     Rule(f"{_L}.{{ple}}.weight", f"{_L}.{{ple}}.kernel", "transpose"),
     Rule(f"{_L}.post_per_layer_input_norm.weight", f"{_L}.post_per_layer_input_norm.weight", "identity"),
     Rule(f"{_L}.layer_scalar", f"{_L}.layer_scalar", "identity"),
+    # enable_moe_block: transformers' `router` and `experts` are jaxgen's `moe` (beside the dense `mlp`)
+    Rule(f"{_L}.router.proj.weight", f"{_L}.moe.gate.kernel", "transpose"),
+    Rule(f"{_L}.router.scale", f"{_L}.moe.router_scale", "identity"),
+    Rule(f"{_L}.router.per_expert_scale", f"{_L}.moe.per_expert_scale", "identity"),
+    Rule(f"{_L}.experts.gate_up_proj", (f"{_L}.moe.experts.gate_proj", f"{_L}.moe.experts.up_proj"), "swap_last",
+         axis=1),
+    Rule(f"{_L}.experts.down_proj", f"{_L}.moe.experts.down_proj", "swap_last"),
 ) + LLAMA_RULES
 
 # DeepSeek-V3: the MoE layout (experts per expert on disk, fused in transformers 5's memory) plus latent attention

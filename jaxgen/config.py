@@ -65,7 +65,7 @@ class RopeConfig:
 # --- per-layer specs: what one decoder Block reads (jaxgen.nn.transformer.Block) ----------------------------------
 NORM_KINDS = ("rms", "gemma_rms", "layer", "rms_f32")
 RESIDUALS = ("pre", "sandwich")
-MLP_KINDS = ("gated", "plain", "moe")
+MLP_KINDS = ("gated", "plain", "moe", "dense+moe")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 
 
@@ -138,7 +138,9 @@ class MoESpec:
     # DeepSeek-V3 routing: sigmoid scores (+ e_score_correction_bias for the choice only), experts chosen within
     # the `topk_group` best of `n_group` groups, weights times `routed_scaling_factor`; its shared experts are
     # ungated (`shared_gate=False`).
-    scoring: str = "softmax"  # "softmax" | "sigmoid" | "topk_softmax" (gpt-oss: top-k logits, then softmax)
+    # "softmax" | "sigmoid" | "topk_softmax" (gpt-oss: top-k logits, then softmax) | "gemma4" (softmax routing of
+    # the scale-free-normed input times a learned `router_scale`, the chosen weights times `per_expert_scale`)
+    scoring: str = "softmax"
     n_group: int = 1
     topk_group: int = 1
     routed_scaling_factor: float = 1.0
@@ -171,7 +173,9 @@ class LinearAttentionSpec:
 class LayerSpec:
     """One decoder layer. ``residual``: ``pre`` (``x + f(norm(x))``: input_layernorm, post_attention_layernorm before
     the MLP) or ``sandwich`` (Gemma 2/3: ``x + post_norm(f(pre_norm(x)))``, four norms); ``mlp``: ``gated``
-    (``down(act(gate(x)) * up(x))``: SwiGLU, GeGLU) or ``plain`` (``down(act(up(x)))``: GPT-2)."""
+    (``down(act(gate(x)) * up(x))``: SwiGLU, GeGLU), ``plain`` (``down(act(up(x)))``: GPT-2), ``moe`` (routed
+    experts, jaxgen.nn.moe) or ``dense+moe`` (Gemma 4: a gated MLP and routed experts side by side, each with its
+    own norms, summed)."""
 
     attention: AttentionSpec = AttentionSpec()
     norm: NormSpec = NormSpec()
@@ -179,14 +183,14 @@ class LayerSpec:
     mlp: str = "gated"
     activation: str = "silu"
     mlp_bias: bool = False
-    moe: MoESpec | None = None  # set exactly when mlp == "moe"
+    moe: MoESpec | None = None  # set exactly when mlp is "moe" or "dense+moe"
     linear: LinearAttentionSpec | None = None  # set: a Gated DeltaNet layer instead of self-attention
     intermediate_size: int | None = None  # this layer's MLP width (None: the model's; Gemma 4's double-wide MLP)
     layer_scalar: bool = False  # Gemma 4: the layer's output is multiplied by a learned scalar `layer_scalar [1]`
 
     def __post_init__(self):
         assert self.residual in RESIDUALS and self.mlp in MLP_KINDS and self.activation in ACTIVATIONS, self
-        assert (self.mlp == "moe") == (self.moe is not None), self
+        assert (self.mlp in ("moe", "dense+moe")) == (self.moe is not None), self
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,7 +318,10 @@ class ModelConfig:
                 total += m.num_experts * m.router_bias + m.num_experts * (2 * m.intermediate_size + h) * m.expert_bias
                 total += h * m.num_experts + h * (m.shared_intermediate_size > 0 and m.shared_gate)
                 total += m.num_experts * (m.scoring == "sigmoid")  # e_score_correction_bias
-            else:
+                total += (h + m.num_experts) * (m.scoring == "gemma4")  # router scale, per-expert scale
+            if spec.mlp == "dense+moe":  # Gemma 4: the dense MLP too, and three more norms
+                total += 3 * h * i + 3 * norm(spec.norm, h)
+            elif spec.moe is None:
                 n_mats = 3 if spec.mlp == "gated" else 2
                 total += n_mats * h * i + ((n_mats - 1) * i + h) * spec.mlp_bias
             total += (4 if spec.residual == "sandwich" else 2) * norm(spec.norm, h)

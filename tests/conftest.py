@@ -184,6 +184,8 @@ GEMMA4 = dict(num_hidden_layers=5, head_dim=16, global_head_dim=32, num_global_k
               rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                                "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.5,
                                                   "rope_theta": 10000.0}})
+# Gemma 4 with its MoE block (every layer: the dense MLP plus top-2 of 4 routed experts, each branch with its norms).
+GEMMA4_MOE = dict(GEMMA4, enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=32)
 # DeepSeek-V3: latent attention with a low-rank q and interleaved rotary pairs; layer 0 dense, then 8 experts in 4
 # groups (the best 2 groups, top-2 inside), a shared expert, a routing bias (randomised with the norms).
 DEEPSEEK_V3 = dict(num_hidden_layers=3, num_key_value_heads=4, q_lora_rank=24, kv_lora_rank=16, qk_nope_head_dim=8,
@@ -203,6 +205,7 @@ MATRIX = {
     "qwen3_5": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM", QWEN35),
     # --- entries for families added later go below this line, one per family ---
     "gemma4": ("Gemma4TextConfig", "Gemma4ForCausalLM", GEMMA4),
+    "gemma4_moe": ("Gemma4TextConfig", "Gemma4ForCausalLM", GEMMA4_MOE),
     "deepseek_v3": ("DeepseekV3Config", "DeepseekV3ForCausalLM", DEEPSEEK_V3),
     "gpt_oss": ("GptOssConfig", "GptOssForCausalLM", GPT_OSS),
 }

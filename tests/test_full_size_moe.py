@@ -54,16 +54,26 @@ FULL_SIZE = {
         num_nextn_predict_layers=1, rope_theta=10000.0,
         rope_scaling=dict(type="yarn", factor=40, beta_fast=32, beta_slow=1, mscale=1.0, mscale_all_dim=1.0,
                           original_max_position_embeddings=4096))),
+    # Gemma 4's MoE model at the 26B-A4B sizes (every layer: a dense MLP beside 128 experts, top-8; k_eq_v global
+    # layers with 2 KV heads of 512; no per-layer inputs). The count is checked against transformers' own model.
+    "Gemma-4-26B-A4B-shaped": ("Gemma4ForCausalLM", dict(
+        model_type="gemma4_text", hidden_size=2816, intermediate_size=2112, moe_intermediate_size=704,
+        enable_moe_block=True, num_experts=128, top_k_experts=8, num_hidden_layers=30, num_attention_heads=16,
+        num_key_value_heads=8, num_global_key_value_heads=2, head_dim=256, global_head_dim=512,
+        attention_k_eq_v=True, hidden_size_per_layer_input=0, vocab_size=262144, sliding_window=1024,
+        final_logit_softcapping=30.0, max_position_embeddings=262144, tie_word_embeddings=True)),
 }
 
 
 def hf_counts(cls: str, raw: dict) -> tuple[int, int]:
-    """(parameters, saved float buffers: DeepSeek's routing biases) of transformers' model of ``raw``."""
+    """(parameters, saved float buffers: DeepSeek's routing biases, Gemma 4's layer scalars) of transformers'
+    model of ``raw``."""
     raw = {k: v for k, v in raw.items() if k != "quantization_config"}  # transformers would load the MXFP4 kernels
     config = transformers.AutoConfig.for_model(**raw)
     with torch.device("meta"):
         model = getattr(transformers, cls)(config)
-    buffers = sum(b.numel() for name, b in model.named_buffers() if name.endswith("e_score_correction_bias"))
+    buffers = sum(b.numel() for name, b in model.named_buffers()
+                  if name.endswith(("e_score_correction_bias", "layer_scalar")))  # saved buffers that are weights
     return model.num_parameters(), buffers
 
 

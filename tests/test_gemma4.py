@@ -1,4 +1,5 @@
-"""Gemma 4 text (``gemma4_text``) at transformers parity: a tiny random checkpoint through the conversion path."""
+"""Gemma 4 text (``gemma4_text``) at transformers parity: tiny random checkpoints (dense, and with the MoE block)
+through the conversion path."""
 
 from __future__ import annotations
 
@@ -8,24 +9,25 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BASE, GEMMA4, assert_generate_matches_transformers, left_pad
+from conftest import BASE, GEMMA4, GEMMA4_MOE, assert_generate_matches_transformers, left_pad
 
 PROMPTS = [[5, 9, 17, 33, 4, 88, 21, 60, 3, 99, 12], [7, 8, 9, 40, 41]]
 
 
-@pytest.fixture(scope="module")
-def gemma4(tmp_path_factory):
+@pytest.fixture(scope="module", params=["dense", "moe"])
+def gemma4(tmp_path_factory, request):
     """(jaxgen model loaded from a save_pretrained folder, float32 transformers model)."""
     import transformers
 
     import jaxgen
 
     torch.manual_seed(0)
-    ref = transformers.Gemma4ForCausalLM(transformers.Gemma4TextConfig(**{**BASE, **GEMMA4})).eval()
+    overrides = GEMMA4 if request.param == "dense" else GEMMA4_MOE
+    ref = transformers.Gemma4ForCausalLM(transformers.Gemma4TextConfig(**{**BASE, **overrides})).eval()
     gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # norms and layer scalars start at 1: randomise them so a dropped one shows
+    with torch.no_grad():  # norms, router scales and layer scalars start at 1: randomise them so a dropped one shows
         for name, p in [*ref.named_parameters(), *ref.named_buffers()]:
-            if p.ndim == 1 and ("norm" in name or "layer_scalar" in name):
+            if p.ndim == 1 and ("norm" in name or "layer_scalar" in name or "scale" in name):
                 p.add_(0.3 * torch.randn(p.shape, generator=gen))
     folder = tmp_path_factory.mktemp("gemma4")
     ref.save_pretrained(folder)
@@ -104,7 +106,9 @@ def test_gemma4_bad_configs_are_config_errors():
 
     raw = {"model_type": "gemma4_text", **BASE, **GEMMA4}
     ModelConfig.from_hf_dict(raw)
-    for change, field in [(dict(enable_moe_block=True), "enable_moe_block"),
+    ModelConfig.from_hf_dict({"model_type": "gemma4_text", **BASE, **GEMMA4_MOE})
+    for change, field in [(dict(enable_moe_block=True), "num_experts"),
+                          (dict(GEMMA4_MOE, top_k_experts=5), "top_k_experts"),
                           (dict(use_bidirectional_attention="all"), "use_bidirectional_attention"),
                           (dict(num_kv_shared_layers=5), "num_kv_shared_layers"),
                           (dict(per_layer_config={"1": {"sliding_window": 3}}), "per_layer_config"),

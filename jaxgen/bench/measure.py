@@ -118,7 +118,7 @@ def param_bytes(model, rows: int = 1) -> dict:
             read += n // model.config.vocab_size
         elif name.endswith("embed_positions.embedding"):
             read += n // value.shape[0]
-        elif ".mlp.experts." in name:
+        elif ".mlp.experts." in name or ".moe.experts." in name:
             read += n * fraction
         else:
             read += n
@@ -136,7 +136,7 @@ def matmul_params(model, rows: int = 1) -> int:
         if (name.endswith("embed_tokens.embedding") and not model.config.tie_word_embeddings) or \
                 name.endswith("embed_positions.embedding"):
             continue
-        total += size * (fraction if ".mlp.experts." in name else 1.0)
+        total += size * (fraction if ".mlp.experts." in name or ".moe.experts." in name else 1.0)
     return int(total)
 
 

@@ -6,14 +6,16 @@ scale-free v-norm, attention scale 1, per-layer sizes for the global layers (``p
 ``attention_k_eq_v`` (global layers use k_proj's output as values), KV sharing (the last
 ``num_kv_shared_layers`` layers read the keys/values of the last earlier layer of their type), per-layer inputs
 (a second embedding table plus a projection of the embeddings, fed into every layer after its MLP), a learned
-scalar per layer and an optional double-wide MLP in KV-sharing layers. The MoE block is not supported.
+scalar per layer and an optional double-wide MLP in KV-sharing layers. With ``enable_moe_block`` (the 26B-A4B
+model) every layer also runs routed experts beside its dense MLP (``dense+moe``: the router reads the residual
+stream, the experts their own pre-norm, and each branch has its own post-norm before the two are summed).
 """
 
 from __future__ import annotations
 
 from typing import Mapping
 
-from jaxgen.config import (AttentionSpec, LayerSpec, ModelConfig, NormSpec, RopeConfig, _bool, _eos_ids,
+from jaxgen.config import (AttentionSpec, LayerSpec, ModelConfig, MoESpec, NormSpec, RopeConfig, _bool, _eos_ids,
                            _layer_types, _optional_int, _require, _token_id)
 from jaxgen.errors import ConfigError
 from jaxgen.families._common import activation, attention_sizes, dtype_name, positive, reject
@@ -83,10 +85,24 @@ def _kv_sources(kinds: tuple[str, ...], shared: int, source: str) -> list[int | 
     return sources
 
 
+def _moe(raw: dict, source: str) -> MoESpec | None:
+    """The routed experts of ``enable_moe_block`` (transformers' Gemma4TextRouter / Gemma4TextExperts), or None."""
+    if not _bool(raw, "enable_moe_block", False, source):
+        return None
+    sizes = {}
+    for key in ("num_experts", "top_k_experts", "moe_intermediate_size"):
+        sizes[key] = _optional_int(raw, key, source)
+        if sizes[key] is None:
+            raise ConfigError(f"{source}: enable_moe_block=true needs '{key}' (a positive integer).")
+    if sizes["top_k_experts"] > sizes["num_experts"]:
+        raise ConfigError(f"{source}: top_k_experts={sizes['top_k_experts']} exceeds num_experts="
+                          f"{sizes['num_experts']}.")
+    return MoESpec(num_experts=sizes["num_experts"], top_k=sizes["top_k_experts"],
+                   intermediate_size=sizes["moe_intermediate_size"], scoring="gemma4")
+
+
 def parse(raw: dict, source: str) -> ModelConfig:
     hidden, heads, layers, kv_heads = attention_sizes(raw, source)
-    if _bool(raw, "enable_moe_block", False, source):
-        raise ConfigError(f"{source}: enable_moe_block=true (Gemma 4's MoE block) is not supported by jaxgen.")
     reject(raw, "use_bidirectional_attention", source, "bidirectional attention is not a causal LM",
            allowed=(None, "vision"))  # "vision" only changes image tokens, which a text model never sees
     head_dim = _optional_int(raw, "head_dim", source, 256)
@@ -119,6 +135,7 @@ def parse(raw: dict, source: str) -> ModelConfig:
     inter = _require(raw, "intermediate_size", source)
     ple = _optional_int(raw, "hidden_size_per_layer_input", source, 256, minimum=0)
     vocab = _require(raw, "vocab_size", source)
+    moe = _moe(raw, source)
 
     def layer(i: int, kind: str) -> LayerSpec:
         sliding = kind == "sliding_attention"
@@ -126,7 +143,8 @@ def parse(raw: dict, source: str) -> ModelConfig:
             rope=ropes[kind], window=window if sliding else None, scale=1.0, qk_norm=True, qkv_bias=bias,
             o_bias=bias, head_dim=sizes[i][0], num_kv_heads=sizes[i][1], kv_source=sources[i],
             k_eq_v=k_eq_v and not sliding, v_norm=True)
-        return LayerSpec(attention=attention, norm=norm, residual="sandwich", mlp="gated", activation=act,
+        return LayerSpec(attention=attention, norm=norm, residual="sandwich", mlp="dense+moe" if moe else "gated",
+                         activation=act, moe=moe,
                          intermediate_size=2 * inter if double_wide and sources[i] is not None else None,
                          layer_scalar=True)
 

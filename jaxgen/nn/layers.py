@@ -104,11 +104,11 @@ class MLP(nnx.Module):
 
     def __init__(self, hidden: int, intermediate: int, spec: LayerSpec, *, dtype, param_dtype, precision, rngs):
         bias = spec.mlp_bias
-        if spec.mlp == "gated":
+        self.gated = spec.mlp in ("gated", "dense+moe")  # dense+moe: Gemma 4's dense half is gated
+        if self.gated:
             self.gate_proj = linear(hidden, intermediate, bias, dtype, param_dtype, precision, rngs)
         self.up_proj = linear(hidden, intermediate, bias, dtype, param_dtype, precision, rngs)
         self.down_proj = linear(intermediate, hidden, bias, dtype, param_dtype, precision, rngs)
-        self.gated = spec.mlp == "gated"
         self.activation = spec.activation
 
     def __call__(self, x: Array) -> Array:

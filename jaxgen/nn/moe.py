@@ -4,7 +4,9 @@ Routing (``MixtralTopKRouter`` / ``Qwen2MoeTopKRouter``): logits ``x @ gate``, s
 top-k of the probabilities, optionally renormalised over the k chosen. DeepSeek-V3 (``DeepseekV3TopkRouter``):
 float32 sigmoid scores, experts chosen by score plus ``e_score_correction_bias`` within the best groups, weighted by
 the plain scores (:func:`route_grouped`). gpt-oss: a biased router, softmax over the top-k logits
-(:func:`route_topk_softmax`), experts with biases and a clamped SwiGLU. Experts are SwiGLU MLPs stored stacked:
+(:func:`route_topk_softmax`), experts with biases and a clamped SwiGLU. Gemma 4 (``Gemma4TextRouter``): the
+softmax router reads a scale-free RMS norm of its input times ``router_scale / sqrt(hidden)``, and the renormalised
+top-k weights are multiplied by ``per_expert_scale``. Experts are SwiGLU MLPs stored stacked:
 ``experts.gate_proj`` / ``up_proj`` ``[E, hidden, inter]``, ``experts.down_proj`` ``[E, inter, hidden]``.
 
 Three ways to run the experts, one result:
@@ -26,7 +28,7 @@ from jax import Array
 
 from jaxgen.config import LayerSpec
 from jaxgen.nn.grouped_matmul import gathered_matmul, grouped_matmul
-from jaxgen.nn.layers import ACTIVATIONS, MLP, linear
+from jaxgen.nn.layers import ACTIVATIONS, MLP, linear, rms_normalize
 
 IMPLS = ("auto", "gather", "ragged", "dense")
 
@@ -100,6 +102,10 @@ class MoE(nnx.Module):
         self.gate = linear(hidden, m.num_experts, m.router_bias, dtype, param_dtype, precision, rngs)
         if m.scoring == "sigmoid":  # DeepSeek-V3: a buffer transformers saves as mlp.gate.e_score_correction_bias
             self.gate.e_score_correction_bias = nnx.Param(jnp.zeros((m.num_experts,), param_dtype))
+        if m.scoring == "gemma4":  # transformers' router.scale and router.per_expert_scale
+            self.router_scale = nnx.Param(jnp.ones((hidden,), param_dtype))
+            self.per_expert_scale = nnx.Param(jnp.ones((m.num_experts,), param_dtype))
+            self.router_eps = spec.norm.eps
         self.experts = Experts(m.num_experts, hidden, m.intermediate_size, param_dtype, rngs, bias=m.expert_bias)
         self.bias = m.expert_bias
         self.shared, self.shared_gate = bool(m.shared_intermediate_size), m.shared_gate
@@ -119,6 +125,10 @@ class MoE(nnx.Module):
             return route(self.gate(x), self.top_k, self.normalize)
         if m.scoring == "topk_softmax":
             return route_topk_softmax(self.gate(x), self.top_k)
+        if m.scoring == "gemma4":  # the norm casts back to the compute dtype before the scales, as transformers
+            scaled = rms_normalize(x, self.router_eps).astype(x.dtype) * self.router_scale[...].astype(x.dtype)
+            weights, ids = route(self.gate(scaled * x.shape[-1] ** -0.5), self.top_k, True)
+            return weights * self.per_expert_scale[...].astype(jnp.float32)[ids], ids
         # DeepSeek-V3 keeps the router in float32 whatever the model's dtype (transformers' _keep_in_fp32_modules).
         logits = jnp.dot(x.astype(jnp.float32), self.gate.kernel[...].astype(jnp.float32),
                          precision=jax.lax.Precision.HIGHEST)
@@ -129,11 +139,12 @@ class MoE(nnx.Module):
         e = self.experts
         return tuple(w[...].astype(self.dtype) for w in (e.gate_proj, e.up_proj, e.down_proj))
 
-    def __call__(self, x: Array) -> Array:
-        """``x[..., hidden]`` -> same shape."""
+    def __call__(self, x: Array, route_x: Array | None = None) -> Array:
+        """``x[..., hidden]`` -> same shape. ``route_x`` (same shape): what the router reads, when not ``x``
+        (Gemma 4 routes the residual stream and runs the experts on its own pre-norm of it)."""
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        weights, ids = self._route(flat)
+        weights, ids = self._route(flat if route_x is None else route_x.reshape(-1, shape[-1]))
         impl = self.impl
         if impl == "auto":  # static: gather reads N*k expert slices, ragged reads all E once
             impl = "gather" if flat.shape[0] * self.top_k <= self.num_experts else "ragged"

@@ -57,6 +57,12 @@ class Block(nnx.Module):
         else:
             self.mlp = MLP(h, spec.intermediate_size or config.intermediate_size, spec, dtype=dtype,
                            param_dtype=param_dtype, precision=precision, rngs=rngs)
+        self.parallel_moe = spec.mlp == "dense+moe"
+        if self.parallel_moe:  # Gemma 4: routed experts beside the dense MLP, with transformers' norm names
+            self.moe = MoE(h, spec, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
+            self.post_feedforward_layernorm_1 = norm(spec.norm, h, param_dtype)
+            self.pre_feedforward_layernorm_2 = norm(spec.norm, h, param_dtype)
+            self.post_feedforward_layernorm_2 = norm(spec.norm, h, param_dtype)
         p = config.per_layer_input_size
         self.per_layer = p > 0
         if self.per_layer:  # Gemma 4: x + norm(proj(act(gate(x)) * per_layer_input)) after the MLP
@@ -84,9 +90,19 @@ class Block(nnx.Module):
         h, k_cache, v_cache = mixer(self.input_layernorm(x))
         if self.sandwich:
             x = x + self.post_attention_layernorm(h)
-            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), k_cache, v_cache
+            return x + self.post_feedforward_layernorm(self._feedforward(x)), k_cache, v_cache
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), k_cache, v_cache
+
+
+    def _feedforward(self, x: Array) -> Array:
+        """The sandwich layout's MLP branch before its post-norm: ``mlp(pre_norm(x))``, plus (Gemma 4) the routed
+        experts, each branch normed on its own: ``norm_1(mlp(...)) + norm_2(moe(pre_norm_2(x), routed by x))``."""
+        h = self.mlp(self.pre_feedforward_layernorm(x))
+        if not self.parallel_moe:
+            return h
+        experts = self.moe(self.pre_feedforward_layernorm_2(x), route_x=x)
+        return self.post_feedforward_layernorm_1(h) + self.post_feedforward_layernorm_2(experts)
 
 
 class DecoderModel(nnx.Module):

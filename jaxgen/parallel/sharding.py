@@ -32,7 +32,7 @@ PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r".*mlp\.(gate|up)_proj\.kernel", ("embed", "mlp")),
     (r".*mlp\.(gate|up)_proj\.bias", ("mlp",)),
     (r".*mlp\.down_proj\.kernel", ("mlp", "embed")),
-    (r".*norm\.(weight|bias)", (None,)),
+    (r".*norm(_\d)?\.(weight|bias)", (None,)),  # Gemma 4 MoE: post_feedforward_layernorm_1, ...
     # Gemma 4 per-layer inputs and layer scalars
     (r"model\.embed_tokens_per_layer\.embedding", (None, None)),
     (r"model\.per_layer_model_projection\.kernel", ("embed", None)),
@@ -40,9 +40,11 @@ PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r".*per_layer_projection\.kernel", (None, "embed")),
     (r".*layer_scalar", (None,)),
     # MoE (jaxgen.nn.moe): stacked experts over `model` when it divides their count, else their inner width.
-    (r".*mlp\.experts\.(gate|up)_proj", ("experts", "embed", "expert_mlp")),
-    (r".*mlp\.experts\.down_proj", ("experts", "expert_mlp", "embed")),
-    (r".*mlp\.(gate|shared_expert_gate)\.kernel", ("embed", None)),
+    # Gemma 4 keeps its routed experts in `moe`, beside the dense `mlp`.
+    (r".*(mlp|moe)\.experts\.(gate|up)_proj", ("experts", "embed", "expert_mlp")),
+    (r".*(mlp|moe)\.experts\.down_proj", ("experts", "expert_mlp", "embed")),
+    (r".*(mlp|moe)\.(gate|shared_expert_gate)\.kernel", ("embed", None)),
+    (r".*moe\.(router_scale|per_expert_scale)", (None,)),
     (r".*mlp\.shared_expert\.(gate|up)_proj\.kernel", ("embed", "expert_mlp")),
     (r".*mlp\.shared_expert\.down_proj\.kernel", ("expert_mlp", "embed")),
     (r".*mlp\.gate\.e_score_correction_bias", (None,)),
