@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from typing import Callable, Iterator
 
 import ml_dtypes
@@ -33,6 +34,7 @@ from checkpoints_convert.reader import Checkpoint, TensorInfo, open_checkpoint, 
 from checkpoints_convert.writer import write_safetensors
 from jaxgen.config import ModelConfig
 from jaxgen.errors import CheckpointError
+from jaxgen.families import multimodal
 
 FORMAT = "jaxgen-safetensors"
 VERSION = 1
@@ -120,13 +122,15 @@ def plan_conversion(ckpt: Checkpoint, config: ModelConfig, dtype: np.dtype | Non
     targets: set[str] = set()  # jaxgen names some tensor maps to, even one of the wrong shape
     tied_copy: TensorInfo | None = None
     stacked: dict[str, dict[int, TensorInfo]] = {}  # stacked parameter -> {expert index: its tensor}
+    keys = _language_model_keys(ckpt, config)  # the text model's key of each tensor (None: another part)
     for info in ckpt.ordered():
-        if tables.IGNORED.fullmatch(info.name) or tables.is_mtp_layer(config, info.name):
+        key = keys[info.name]
+        if key is None or tables.IGNORED.fullmatch(key) or tables.is_mtp_layer(config, key):
             continue
-        if config.tie_word_embeddings and info.name == tables.TIED_HEAD_KEY:
+        if config.tie_word_embeddings and key == tables.TIED_HEAD_KEY:
             tied_copy = info
             continue
-        planned = tables.plan_key(config.model_type, info.name, expected)
+        planned = tables.plan_key(config.model_type, key, expected)
         if planned is None:
             unknown.append(info.name)
             continue
@@ -180,7 +184,7 @@ def plan_conversion(ckpt: Checkpoint, config: ModelConfig, dtype: np.dtype | Non
         if missing:
             parts.append(f"{len(missing)} tensor(s) missing from the weights: "
                          f"{_names([tables.source_key(config.model_type, m) for m in missing])}")
-        hint = _layers_hint(config, list(ckpt.tensors))
+        hint = _layers_hint(config, [k for k in keys.values() if k is not None])
         if "lm_head.kernel" in missing:
             hint += " If the model ties its LM head to the embeddings, config.json should say tie_word_embeddings=true."
         raise CheckpointError(f"{where}: the weights do not match config.json: {'; '.join(parts)}.{hint} Use the "
@@ -190,8 +194,24 @@ def plan_conversion(ckpt: Checkpoint, config: ModelConfig, dtype: np.dtype | Non
         raise CheckpointError(f"{where}: the weights disagree with config.json: {shape_errors[0]}{more}. Use the "
                               "config.json that came with these weights, or re-download a damaged file.")
     if tied_copy is not None:
-        _check_tied_copy(ckpt, tied_copy, tables.embed_key(config.model_type, ckpt.tensors) or tables.EMBED_KEY)
+        embed = tables.embed_key(config.model_type, [k for k in keys.values() if k is not None]) or tables.EMBED_KEY
+        _check_tied_copy(ckpt, tied_copy, next((n for n, k in keys.items() if k == embed), embed))
     return items
+
+
+def _language_model_keys(ckpt: Checkpoint, config: ModelConfig) -> dict[str, str | None]:
+    """``{checkpoint key: the text model's key}``: the key itself, except in a multimodal checkpoint
+    (``config.wrapper``), whose language model is renamed onto the text layout and whose other parts (vision and
+    audio towers, projectors) map to None and are left out, with a warning that says so."""
+    if config.wrapper is None:
+        return {name: name for name in ckpt.tensors}
+    keys = {name: multimodal.language_model_key(name) for name in ckpt.tensors}
+    left = sorted(name for name, key in keys.items() if key is None)
+    if left:
+        warnings.warn(f"{ckpt.folder}: a {config.wrapper} checkpoint; jaxgen loads its language model and leaves out "
+                      f"the {len(left)} tensors of its other parts (e.g. {left[0]}): images are not read.",
+                      stacklevel=3)
+    return keys
 
 
 def _check_tied_copy(ckpt: Checkpoint, head: TensorInfo, embed_key: str) -> None:

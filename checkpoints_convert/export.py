@@ -17,6 +17,7 @@ from checkpoints_convert.convert import DTYPES
 from checkpoints_convert.writer import write_safetensors
 from jaxgen.config import ModelConfig
 from jaxgen.errors import CheckpointError
+from jaxgen.families import multimodal
 
 # transformers refuses safetensors files whose metadata "format" it does not know; "pt" is what torch writes.
 HF_METADATA = {"format": "pt"}
@@ -37,6 +38,8 @@ def hf_layout(config: ModelConfig, params_by_name: Mapping[str, Any]) -> dict[st
     layout = {name: tables.hf_key(config.model_type, name) for name in expected}
     unmapped = sorted(name for name, found in layout.items() if found is None)
     assert not unmapped, f"the {config.model_type} table has no rule for {unmapped}"
+    if config.wrapper:  # a multimodal checkpoint's language model: written where transformers 5 keeps it
+        layout = {name: (multimodal.wrapped_key(key), t) for name, (key, t) in layout.items()}
     return layout
 
 
@@ -53,7 +56,9 @@ def save_hf_safetensors(path: str | os.PathLike, config: ModelConfig, params_by_
     cast = DTYPES[dtype] if isinstance(dtype, str) else (None if dtype is None else np.dtype(dtype))
     layout = hf_layout(config, params_by_name)
     # One HF tensor per key; a fused one (GPT-2 c_attn, Phi-3 qkv_proj) joins its parts in the table's order.
-    groups = {key: tables.merge_order(config.model_type, key) for key in sorted({k for k, _ in layout.values()})}
+    text_key = multimodal.language_model_key if config.wrapper else (lambda k: k)
+    groups = {key: tables.merge_order(config.model_type, text_key(key))
+              for key in sorted({k for k, _ in layout.values()})}
     hf_shape = lambda n: tables.SHAPE_OF[layout[n][1]](tuple(np.shape(params_by_name[n])))  # noqa: E731
     specs = []
     for key, (names, axis, _) in groups.items():

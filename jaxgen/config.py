@@ -236,6 +236,9 @@ class ModelConfig:
     # DeepSeek-V3 multi-token-prediction layers: a checkpoint carries them as model.layers.{num_hidden_layers + j};
     # they are not part of the causal LM, and conversion drops them.
     mtp_layers: int = 0
+    # The multimodal checkpoint type this is the language model of ("gemma3", "gemma4", "qwen3_5"), else None: its
+    # weights live under model.language_model.* beside towers jaxgen does not load (jaxgen.families.multimodal).
+    wrapper: str | None = None
 
     def __post_init__(self):
         # Frozen: derived defaults are set once, here.

@@ -115,8 +115,9 @@ def compare(hf_dir: str, prompts: Sequence[str | Sequence[int]], modes: Sequence
         jax_model = jaxgen.load_model(jax_model_dir or hf_dir, dtype=dtype)
     if hf_model is None:
         hf_model = load_hf(hf_dir, dtype)
-    if hf_model.config.vocab_size != jax_model.config.vocab_size:
-        raise CrosscheckError(f"vocab sizes differ: transformers {hf_model.config.vocab_size}, jaxgen "
+    hf_vocab = hf_model.config.get_text_config().vocab_size  # a multimodal model keeps it in text_config
+    if hf_vocab != jax_model.config.vocab_size:
+        raise CrosscheckError(f"vocab sizes differ: transformers {hf_vocab}, jaxgen "
                               f"{jax_model.config.vocab_size}; the two folders are not the same model.")
     texts = [p for p in prompts if isinstance(p, str)]
     if texts and tokenizer is None:

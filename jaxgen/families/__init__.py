@@ -6,11 +6,12 @@ Nothing here imports jax: conversion reads configs without flax. The decode side
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from jaxgen.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from jaxgen.errors import ConfigError
-from jaxgen.families import deepseek, gemma, gemma4, gpt2, gpt_oss, llama, moe, phi3, qwen3_5
+from jaxgen.families import deepseek, gemma, gemma4, gpt2, gpt_oss, llama, moe, multimodal, phi3, qwen3_5
 
 Parser = Callable[[dict, str], ModelConfig]
 
@@ -26,14 +27,19 @@ PARSERS: dict[str, Parser] = {
     "gpt_oss": gpt_oss.parse,
 }
 assert set(PARSERS) == set(SUPPORTED_MODEL_TYPES), (set(PARSERS), SUPPORTED_MODEL_TYPES)
+# Multimodal checkpoints whose language model jaxgen loads (jaxgen.families.multimodal).
+WRAPPERS = tuple(multimodal.WRAPPERS)
 
 
 def parse_config(raw: dict, source: str = "config.json") -> ModelConfig:
     """Parse a transformers ``config.json`` dict (4.x or 5.x schema) with its family's parse function."""
+    wrapper = raw.get("model_type") if raw.get("model_type") in multimodal.WRAPPERS else None
+    raw = multimodal.text_fields(raw, source)
     model_type = raw.get("model_type")
     if model_type not in PARSERS:
         raise ConfigError(f"{source}: model_type {model_type!r} is not supported; jaxgen supports "
-                          f"{', '.join(SUPPORTED_MODEL_TYPES)}.")
+                          f"{', '.join(SUPPORTED_MODEL_TYPES)} and the language models of "
+                          f"{', '.join(WRAPPERS)} checkpoints.")
     quant = raw.get("quantization_config")
     method = quant.get("quant_method") if isinstance(quant, dict) else None
     # FP8 (DeepSeek-V3's release), GPTQ, AWQ, bitsandbytes: packed weights and scales jaxgen does not read. gpt-oss's
@@ -42,4 +48,5 @@ def parse_config(raw: dict, source: str = "config.json") -> ModelConfig:
         raise ConfigError(f"{source}: this is a quantized checkpoint (quantization_config.quant_method={method!r}); "
                           "jaxgen loads float weights only. Dequantize it to bfloat16 first (e.g. load it in "
                           "transformers with the matching dequantize option and save_pretrained), then load that.")
-    return PARSERS[model_type](raw, source)
+    config = PARSERS[model_type](raw, source)
+    return dataclasses.replace(config, wrapper=wrapper) if wrapper else config

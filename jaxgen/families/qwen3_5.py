@@ -1,4 +1,4 @@
-"""Qwen3.5 text (``qwen3_5_text``; the language model of ``qwen3_5`` multimodal checkpoints via ``text_config``).
+"""Qwen3.5 text (``qwen3_5_text``; also the language model of ``qwen3_5`` checkpoints, jaxgen.families.multimodal).
 
 A hybrid decoder: ``layer_types`` names each layer ``linear_attention`` (Gated DeltaNet, jaxgen.nn.linear_attention)
 or ``full_attention`` (q/k norm, partial RoPE, sigmoid output gate on the attention output). Every norm is the
@@ -31,11 +31,6 @@ def _rope(raw: dict, source: str) -> RopeConfig:
 
 
 def parse(raw: dict, source: str) -> ModelConfig:
-    if raw.get("model_type") == "qwen3_5":  # multimodal wrapper: the text model's fields live in text_config
-        text = raw.get("text_config")
-        if not isinstance(text, Mapping):
-            raise ConfigError(f"{source}: a qwen3_5 config needs a 'text_config' object.")
-        raw = {**text, "model_type": "qwen3_5_text"}
     hidden, heads, layers, kv_heads = attention_sizes(raw, source)
     head_dim = _optional_int(raw, "head_dim", source, 256)
     kinds = tuple(raw.get("layer_types") or ("linear_attention" if (i + 1) % 4 else "full_attention"
