@@ -62,7 +62,7 @@ class Item:
     transform: str
     dtype: np.dtype
     shape: tuple[int, ...]
-    part: tuple[int, int, int | None, int] | None = None
+    part: tuple | None = None  # tables.Piece.part
     stack: tuple[TensorInfo, ...] = ()  # per-expert sources, in expert order, stacked on a new leading axis
 
     @property
@@ -130,7 +130,7 @@ def plan_conversion(ckpt: Checkpoint, config: ModelConfig, dtype: np.dtype | Non
         if config.tie_word_embeddings and key == tables.TIED_HEAD_KEY:
             tied_copy = info
             continue
-        planned = tables.plan_key(config.model_type, key, expected)
+        planned = tables.plan_key(config.model_type, key, expected, config)
         if planned is None:
             unknown.append(info.name)
             continue

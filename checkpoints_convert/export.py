@@ -57,7 +57,7 @@ def save_hf_safetensors(path: str | os.PathLike, config: ModelConfig, params_by_
     layout = hf_layout(config, params_by_name)
     # One HF tensor per key; a fused one (GPT-2 c_attn, Phi-3 qkv_proj) joins its parts in the table's order.
     text_key = multimodal.language_model_key if config.wrapper else (lambda k: k)
-    groups = {key: tables.merge_order(config.model_type, text_key(key))
+    groups = {key: tables.merge_order(config.model_type, text_key(key), config)
               for key in sorted({k for k, _ in layout.values()})}
     hf_shape = lambda n: tables.SHAPE_OF[layout[n][1]](tuple(np.shape(params_by_name[n])))  # noqa: E731
     specs = []
@@ -73,6 +73,11 @@ def save_hf_safetensors(path: str | os.PathLike, config: ModelConfig, params_by_
                      for n in names]
             if len(parts) == 1:
                 yield np.ascontiguousarray(parts[0])
+            elif isinstance(interleave, list):  # regrouped: part k goes back to its indices
+                out = np.empty(shape, dtype)
+                for part, indices in zip(parts, interleave):
+                    out[(slice(None),) * axis + (np.asarray(indices),)] = part
+                yield out
             elif interleave:  # slice j of part k lands at j * len(parts) + k
                 yield np.ascontiguousarray(np.stack(parts, axis=axis + 1).reshape(shape))
             else:

@@ -81,6 +81,9 @@ class Rule:
     axis: int = 0
     stack: bool = False  # HF has one tensor per expert {e}; jaxgen's parameter stacks them on a leading axis
     interleave: bool = False  # a split whose parts alternate along `axis` (gpt-oss gate_up_proj: gate, up, gate...)
+    # a split whose parts are scattered along `axis` in a config-dependent order: REGROUPS[regroup](config) gives
+    # each part's indices (Qwen3-Next's in_proj_qkvz, grouped per key head)
+    regroup: str | None = None
     hf_pattern: re.Pattern = dataclasses.field(init=False, repr=False, compare=False)
     patterns: tuple[re.Pattern, ...] = dataclasses.field(init=False, repr=False, compare=False)
 
@@ -95,13 +98,39 @@ class Rule:
 
 @dataclasses.dataclass(frozen=True)
 class Piece:
-    """One jaxgen parameter cut from an HF tensor: ``part = (axis, start, stop, step)`` of it (None: all of it),
-    then ``transform``."""
+    """One jaxgen parameter cut from an HF tensor: ``part = (axis, start, stop, step)`` of it, or ``(axis,
+    indices)`` for a regrouped split (None: all of it), then ``transform``."""
 
     target: str
     transform: str
-    part: tuple[int, int, int | None, int] | None = None
+    part: tuple | None = None
     index: int | None = None  # a stacking rule's slot: this tensor is ``target[index]``
+
+
+def _qwen3_next_groups(config, widths: tuple[str, ...]) -> list[tuple[int, ...]]:
+    """Qwen3-Next fuses its Gated DeltaNet projections per key head: ``in_proj_qkvz`` rows are, for each of the
+    ``nk`` key heads, ``[q (dk) | k (dk) | v (r * dv) | z (r * dv)]`` with ``r = nv / nk``, and ``in_proj_ba`` rows
+    ``[b (r) | a (r)]``. Qwen3.5's (and jaxgen's) layout is ``[all q | all k | all v]``, ``z``, ``b``, ``a``: the
+    row indices of each of those parts, for the part names in ``widths`` ("q", "k", "v", "z" / "b", "a"; a name of
+    several letters is their concatenation)."""
+    lin = next(spec.linear for spec in config.layers if spec.linear is not None)
+    nk, r = lin.num_k_heads, lin.num_v_heads // lin.num_k_heads
+    if set("".join(widths)) <= set("ba"):
+        sizes = {"b": r, "a": r}
+    else:
+        sizes = {"q": lin.k_head_dim, "k": lin.k_head_dim, "v": r * lin.v_head_dim, "z": r * lin.v_head_dim}
+    order = "ba" if "b" in sizes else "qkvz"
+    width = sum(sizes.values())
+    start = {c: sum(sizes[o] for o in order[:order.index(c)]) for c in order}
+    return [tuple(g * width + start[c] + j for c in part for g in range(nk) for j in range(sizes[c]))
+            for part in widths]
+
+
+# name -> (config, part names) -> each part's indices along the rule's axis
+REGROUPS: dict[str, Callable] = {
+    "qwen3_next_qkvz": lambda config: _qwen3_next_groups(config, ("qkv", "z")),
+    "qwen3_next_ba": lambda config: _qwen3_next_groups(config, ("b", "a")),
+}
 
 
 _L = "model.layers.{i}"
@@ -172,6 +201,21 @@ QWEN3_5_RULES: tuple[Rule, ...] = (
     Rule(f"{_L}.linear_attn.{{lin_p}}", f"{_L}.linear_attn.{{lin_p}}", "identity"),
 ) + LLAMA_RULES
 
+# Qwen3.5-MoE text: the linear_attn layers plus the MoE layout (routed experts, shared expert and its gate).
+QWEN3_5_MOE_RULES: tuple[Rule, ...] = QWEN3_5_RULES[:2] + MOE_RULES
+
+# Qwen3-Next: Qwen3.5's hybrid layers with the Gated DeltaNet inputs fused per key head (regrouped into Qwen3.5's
+# layout at conversion), and the Qwen MoE layout (sparse layers, shared expert, dense layers).
+_LA = f"{_L}.linear_attn"
+QWEN3_NEXT_RULES: tuple[Rule, ...] = (
+    Rule(f"{_LA}.in_proj_qkvz.weight", (f"{_LA}.in_proj_qkv.kernel", f"{_LA}.in_proj_z.kernel"), "transpose",
+         regroup="qwen3_next_qkvz"),
+    Rule(f"{_LA}.in_proj_ba.weight", (f"{_LA}.in_proj_b.kernel", f"{_LA}.in_proj_a.kernel"), "transpose",
+         regroup="qwen3_next_ba"),
+    Rule(f"{_LA}.out_proj.weight", f"{_LA}.out_proj.kernel", "transpose"),
+    QWEN3_5_RULES[1],
+) + MOE_RULES
+
 # Gemma 4 text: Gemma's layout plus per-layer inputs and each layer's scalar (a buffer transformers saves).
 GEMMA4_RULES: tuple[Rule, ...] = (
     Rule("model.embed_tokens_per_layer.weight", "model.embed_tokens_per_layer.embedding", "identity"),
@@ -218,6 +262,8 @@ TABLES: dict[str, tuple[Rule, ...]] = {
     "gpt_oss": GPT_OSS_RULES,
     "gemma4_text": GEMMA4_RULES,
     "qwen3_5_text": QWEN3_5_RULES,
+    "qwen3_5_moe_text": QWEN3_5_MOE_RULES,
+    "qwen3_next": QWEN3_NEXT_RULES,
     "llama": LLAMA_RULES,
     "mistral": LLAMA_RULES,
     "qwen2": LLAMA_RULES,
@@ -275,10 +321,11 @@ def map_key(model_type: str, key: str) -> tuple[str, str] | None:
     return found[0][0], found[1]
 
 
-def plan_key(model_type: str, key: str,
-             expected: Mapping[str, tuple[int, ...]]) -> tuple[list[Piece], tuple[int, ...]] | None:
+def plan_key(model_type: str, key: str, expected: Mapping[str, tuple[int, ...]],
+             config=None) -> tuple[list[Piece], tuple[int, ...]] | None:
     """The :class:`Piece` s HF tensor ``key`` becomes and the HF shape the config implies for it, or None when no
-    rule matches or a target is not a parameter of this config. A split's parts are sized by ``expected``."""
+    rule matches or a target is not a parameter of this config. A split's parts are sized by ``expected``; a
+    regrouped split's indices come from ``config``."""
     found = targets(model_type, key)
     if found is None or any(n not in expected for n in found[0]):
         return None
@@ -293,6 +340,12 @@ def plan_key(model_type: str, key: str,
     assert all(len(s) == len(shapes[0]) and s[:axis] + s[axis + 1:] == shapes[0][:axis] + shapes[0][axis + 1:]
                for s in shapes), (key, shapes)  # the parts of a split differ only along its axis
     total = sum(shape[axis] for shape in shapes)
+    if rule.regroup:  # part k is the rows REGROUPS names for it; together they cover the axis once
+        indices = REGROUPS[rule.regroup](config)
+        assert [len(i) for i in indices] == [shape[axis] for shape in shapes], (key, shapes)
+        assert sorted(j for i in indices for j in i) == list(range(total)), key
+        pieces = [Piece(name, transform, (axis, idx)) for name, idx in zip(names, indices)]
+        return pieces, shapes[0][:axis] + (total,) + shapes[0][axis + 1:]
     if rule.interleave:  # part k is every len(names)-th slice from k; the parts must be equal
         assert len({shape[axis] for shape in shapes}) == 1, (key, shapes)
         pieces = [Piece(name, transform, (axis, k, None, len(names))) for k, name in enumerate(names)]
@@ -306,7 +359,10 @@ def plan_key(model_type: str, key: str,
 
 def cut(x: np.ndarray, piece: Piece) -> np.ndarray:
     """The jaxgen parameter ``piece`` describes, from its whole HF tensor ``x``."""
-    if piece.part is not None:
+    if piece.part is not None and len(piece.part) == 2:  # regrouped: the listed indices along the axis
+        axis, indices = piece.part
+        x = np.take(x, np.asarray(indices), axis=axis)
+    elif piece.part is not None:
         axis, start, stop, step = piece.part
         x = x[(slice(None),) * axis + (slice(start, stop, step),)]
     return TRANSFORMS[piece.transform](x)
@@ -325,11 +381,13 @@ def hf_key(model_type: str, name: str) -> tuple[str, str] | None:
     return None
 
 
-def merge_order(model_type: str, key: str) -> tuple[tuple[str, ...], int, bool]:
-    """``(names, axis, interleave)``: the jaxgen names whose HF-layout tensors, concatenated along ``axis`` (or
-    interleaved along it, slice by slice), make HF tensor ``key``."""
+def merge_order(model_type: str, key: str, config=None) -> tuple[tuple[str, ...], int, bool | list]:
+    """``(names, axis, placement)``: the jaxgen names whose HF-layout tensors make HF tensor ``key`` along
+    ``axis``: concatenated (placement False), interleaved slice by slice (True), or, for a regrouped split, placed
+    at each part's indices (a list of index tuples, from ``config``)."""
     names, _, axis = targets(model_type, key)
-    return names, axis, _match(model_type, key)[0].interleave
+    rule = _match(model_type, key)[0]
+    return names, axis, REGROUPS[rule.regroup](config) if rule.regroup else rule.interleave
 
 
 def source_key(model_type: str, name: str) -> str:

@@ -15,7 +15,7 @@ from jaxgen.errors import ConfigError, read_json_object
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma", "gemma2", "gemma3_text",
                          "phi3", "mixtral", "qwen2_moe", "qwen3_moe", "qwen3_5_text", "gemma4_text",
-                         "deepseek_v3", "gpt_oss")
+                         "deepseek_v3", "gpt_oss", "qwen3_5_moe_text", "qwen3_next")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
 SUPPORTED_ACTIVATIONS = ("silu",)
 

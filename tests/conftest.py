@@ -172,6 +172,12 @@ QWEN35 = dict(num_hidden_layers=4, head_dim=16, tie_word_embeddings=False,
               layer_types=["linear_attention", "linear_attention", "full_attention", "linear_attention"],
               linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=16,
               linear_conv_kernel_dim=4)
+# Qwen3.5-MoE: the same layers, every MLP top-2 of 4 experts plus a gated shared expert. Qwen3-Next: Gated DeltaNet
+# inputs fused per key head (2 value heads per key head), layer 1 dense (mlp_only_layers), top-2 not renormalised.
+QWEN35_MOE = dict(QWEN35, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                  shared_expert_intermediate_size=48)
+QWEN3_NEXT = dict(QWEN35, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                  shared_expert_intermediate_size=48, mlp_only_layers=[1], norm_topk_prob=False)
 # 5 layers: sliding, global, sliding, then two KV-sharing layers (3 reads layer 2, 4 reads layer 1); global layers
 # with their own head_dim / KV heads, k_eq_v and proportional RoPE; per-layer inputs; a double-wide MLP where
 # KV is shared; a window and a final soft-cap small enough to matter.
@@ -206,6 +212,8 @@ MATRIX = {
     # --- entries for families added later go below this line, one per family ---
     "gemma4": ("Gemma4TextConfig", "Gemma4ForCausalLM", GEMMA4),
     "gemma4_moe": ("Gemma4TextConfig", "Gemma4ForCausalLM", GEMMA4_MOE),
+    "qwen3_5_moe": ("Qwen3_5MoeTextConfig", "Qwen3_5MoeForCausalLM", QWEN35_MOE),
+    "qwen3_next": ("Qwen3NextConfig", "Qwen3NextForCausalLM", QWEN3_NEXT),
     "deepseek_v3": ("DeepseekV3Config", "DeepseekV3ForCausalLM", DEEPSEEK_V3),
     "gpt_oss": ("GptOssConfig", "GptOssForCausalLM", GPT_OSS),
 }

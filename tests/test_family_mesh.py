@@ -17,7 +17,8 @@ TOL = 1e-4
 # The families whose parameters or caches have sharding rules of their own. The Llama line (every mesh and mode)
 # is in tests/test_sharding.py and Phi-3's fused tensors in tests/test_families.py; Gemma 1-3 and Qwen3-MoE use
 # only rules these families already exercise (Gemma 4's sandwich norms and per-layer shapes, Mixtral's experts).
-MESH_FAMILIES = ["gpt2", "mixtral", "qwen2_moe", "qwen3_5", "gemma4_moe", "deepseek_v3", "gpt_oss"]
+# qwen3_next: Gated DeltaNet layers, a full-attention layer, routed experts and a dense layer in one model.
+MESH_FAMILIES = ["gpt2", "mixtral", "qwen2_moe", "qwen3_next", "gemma4_moe", "deepseek_v3", "gpt_oss"]
 assert set(MESH_FAMILIES) <= set(MATRIX)
 
 

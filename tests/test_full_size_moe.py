@@ -62,6 +62,22 @@ FULL_SIZE = {
         num_key_value_heads=8, num_global_key_value_heads=2, head_dim=256, global_head_dim=512,
         attention_k_eq_v=True, hidden_size_per_layer_input=0, vocab_size=262144, sliding_window=1024,
         final_logit_softcapping=30.0, max_position_embeddings=262144, tie_word_embeddings=True)),
+    # Hybrid linear attention with experts: Qwen3-Next-80B-A3B, and Qwen3.5-MoE at its config class's default
+    # sizes (written out: a saved config.json always carries them).
+    "Qwen3-Next-80B-A3B": ("Qwen3NextForCausalLM", dict(
+        model_type="qwen3_next", hidden_size=2048, intermediate_size=5120, num_hidden_layers=48,
+        num_attention_heads=16, num_key_value_heads=2, head_dim=256, num_experts=512, num_experts_per_tok=10,
+        moe_intermediate_size=512, shared_expert_intermediate_size=512, norm_topk_prob=True, decoder_sparse_step=1,
+        linear_num_key_heads=16, linear_num_value_heads=32, linear_key_head_dim=128, linear_value_head_dim=128,
+        linear_conv_kernel_dim=4, vocab_size=151936, max_position_embeddings=262144, rms_norm_eps=1e-6,
+        tie_word_embeddings=False, rope_theta=10000000, partial_rotary_factor=0.25,
+        layer_types=(["linear_attention"] * 3 + ["full_attention"]) * 12)),
+    "Qwen3.5-MoE-default": ("Qwen3_5MoeForCausalLM", dict(
+        model_type="qwen3_5_moe_text", hidden_size=2048, num_hidden_layers=40, num_attention_heads=16,
+        num_key_value_heads=2, head_dim=256, vocab_size=248320, num_experts=256, num_experts_per_tok=8,
+        moe_intermediate_size=512, shared_expert_intermediate_size=512, linear_num_key_heads=16,
+        linear_num_value_heads=32, linear_key_head_dim=128, linear_value_head_dim=128, tie_word_embeddings=False,
+        layer_types=(["linear_attention"] * 3 + ["full_attention"]) * 10)),
 }
 
 
@@ -88,7 +104,9 @@ def test_full_size_moe_counts_and_traces(name):
     print(f"{name}: {total / 1e9:.2f} B parameters ({buffers} routing-bias entries)")
     assert total == config.num_params() == params_hf + buffers
 
-    first_layers = max(raw.get("first_k_dense_replace", 0) + 1, 2)  # gpt-oss: one sliding and one full layer
+    # gpt-oss: one sliding and one full layer; the hybrids: three linear-attention layers and one full one
+    first_layers = max(raw.get("first_k_dense_replace", 0) + 1, 4 if "linear_attention" in raw.get("layer_types", ())
+                       else 2)
     cut = {"num_hidden_layers": first_layers}
     if "layer_types" in raw:
         cut["layer_types"] = raw["layer_types"][:first_layers]

@@ -21,7 +21,7 @@ PARSERS: dict[str, Parser] = {
     "gemma": gemma.parse, "gemma2": gemma.parse, "gemma3_text": gemma.parse,
     "gemma4_text": gemma4.parse,
     "phi3": phi3.parse,
-    "qwen3_5_text": qwen3_5.parse,
+    "qwen3_5_text": qwen3_5.parse, "qwen3_5_moe_text": qwen3_5.parse, "qwen3_next": qwen3_5.parse,
     "mixtral": moe.parse, "qwen2_moe": moe.parse, "qwen3_moe": moe.parse,
     "deepseek_v3": deepseek.parse,
     "gpt_oss": gpt_oss.parse,

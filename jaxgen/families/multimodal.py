@@ -1,5 +1,5 @@
-"""Multimodal checkpoints whose language model jaxgen loads: Gemma 3 (``gemma3``), Gemma 4 (``gemma4``) and
-Qwen3.5 (``qwen3_5``) ``ForConditionalGeneration`` folders.
+"""Multimodal checkpoints whose language model jaxgen loads: Gemma 3 (``gemma3``), Gemma 4 (``gemma4``), Qwen3.5
+(``qwen3_5``) and Qwen3.5-MoE (``qwen3_5_moe``) ``ForConditionalGeneration`` folders.
 
 Their ``config.json`` nests the language model's fields in ``text_config``; a few that concern the whole model
 (``tie_word_embeddings``, the dtype, token ids, a quantization config) stay at the top level and win. Their
@@ -16,7 +16,7 @@ from jaxgen.errors import ConfigError
 
 # wrapper model_type -> (its language model's model_type, transformers' top-level tie_word_embeddings default)
 WRAPPERS: dict[str, tuple[str, bool]] = {"gemma3": ("gemma3_text", True), "gemma4": ("gemma4_text", True),
-                                         "qwen3_5": ("qwen3_5_text", False)}
+                                         "qwen3_5": ("qwen3_5_text", False), "qwen3_5_moe": ("qwen3_5_moe_text", False)}
 # Top-level fields of the wrapper that apply to its language model.
 _TOP_LEVEL = ("dtype", "torch_dtype", "quantization_config", "bos_token_id", "eos_token_id", "pad_token_id")
 # Where the language model's tensors live in each layout, and what they are in the text model's.
