@@ -128,7 +128,8 @@ def write_rows(cache: KVCache, rows: Array, part: KVCache, start: Array) -> KVCa
 
 def shift_slots(cache: KVCache, d: Array) -> KVCache:
     """Move every row's slots ``d`` to the left (slot ``i + d`` -> ``i``; the last ``d`` become invalid) and the
-    write index with them. Relative slot distances, all that attention and sliding windows compare, are kept."""
+    write index with them. Relative slot distances, all that attention and sliding windows compare, are kept.
+    Linear-attention states (conv, recurrent) summarise a row's whole past and hold no slots: they stay."""
     roll = lambda x: None if x is None else jnp.roll(x, -d, axis=2)  # noqa: E731 (per-row states: no slots)
     keep = jnp.arange(cache.capacity) < cache.capacity - d
     return cache.replace(keys=tuple(map(roll, cache.keys)), values=tuple(map(roll, cache.values)),

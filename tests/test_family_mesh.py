@@ -1,5 +1,5 @@
-"""Families of tests/conftest.py MATRIX on a (2, 4) mesh of 8 fake CPU devices give one device's greedy tokens,
-top-k ids and logprobs (tests/matrix_mesh_worker.py, one subprocess for all of them).
+"""Families of tests/conftest.py MATRIX on meshes of 8 fake CPU devices ((2, 4), and more shapes for the expert
+splits) give one device's greedy tokens, top-k ids and logprobs (tests/matrix_mesh_worker.py, one subprocess for all of them).
 """
 
 from __future__ import annotations
@@ -20,11 +20,15 @@ TOL = 1e-4
 # qwen3_next: Gated DeltaNet layers, a full-attention layer, routed experts and a dense layer in one model.
 MESH_FAMILIES = ["gpt2", "mixtral", "qwen2_moe", "qwen3_next", "gemma4_moe", "deepseek_v3", "gpt_oss"]
 assert set(MESH_FAMILIES) <= set(MATRIX)
+# Expert parallelism over more than one split: Mixtral's 8 experts over a model axis of 4, 2 and 1 (replicated),
+# Qwen2-MoE's 4 over 4 and 2. Every other family: (2, 4). (A model axis of 8 does not divide the 4 heads.)
+MESHES = {"mixtral": [(2, 4), (4, 2), (8, 1)], "qwen2_moe": [(2, 4), (4, 2)]}
+CASES = [(name, mesh) for name in MESH_FAMILIES for mesh in MESHES.get(name, [(2, 4)])]
 
 
 @pytest.fixture(scope="module")
 def mesh_report():
-    folders = {name: matrix_checkpoint(name)[0] for name in MESH_FAMILIES}
+    folders = {name: [matrix_checkpoint(name)[0], MESHES.get(name, [(2, 4)])] for name in MESH_FAMILIES}
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     worker = os.path.join(os.path.dirname(__file__), "matrix_mesh_worker.py")
     proc = subprocess.run([sys.executable, worker, json.dumps(folders)], capture_output=True, text=True, env=env,
@@ -34,9 +38,9 @@ def mesh_report():
     return json.loads(lines[-1][len("REPORT "):])
 
 
-@pytest.mark.parametrize("name", MESH_FAMILIES)
-def test_mesh_2x4_equals_one_device(mesh_report, name):
-    row = mesh_report[name]
+@pytest.mark.parametrize("name, mesh", CASES, ids=[f"{n}-{d}x{m}" for n, (d, m) in CASES])
+def test_mesh_equals_one_device(mesh_report, name, mesh):
+    row = mesh_report[f"{name}-{mesh[0]}x{mesh[1]}"]
     assert row["same_tokens"] and row["same_top_ids"], row
     # A mesh sums partial products in another order (tensor-parallel matmuls): ~1e-5 of float32 noise.
     assert row["logprob_diff"] <= TOL, row

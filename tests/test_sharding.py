@@ -26,6 +26,9 @@ def test_every_mesh_matches_single_device(report):
     assert meshes == {(8, 1), (1, 8), (2, 4), (4, 2)}
     assert {r["family"] for r in rows} == {"llama", "mistral", "qwen2", "qwen3"}
     assert {r["mode"] for r in rows} == {"greedy", "beam", "sample"}
+    # every mode on every mesh shape, by one family or another
+    assert {(tuple(r["mesh"]), r["mode"]) for r in rows} == {(m, mode) for m in meshes for mode in
+                                                              ("greedy", "beam", "sample")}
     for r in rows:
         assert r["same_tokens"] and r["same_top_ids"], r
         # Tensor parallelism adds the partial sums of o_proj / down_proj / lm_head in another order: float32

@@ -67,11 +67,6 @@ class Engine:
         if max_slots % data:
             raise ValueError(f"max_slots={max_slots} does not divide over the mesh's data axis ({data}); use a "
                              f"multiple of {data}.")
-        if any(spec.linear is not None for spec in model.config.layers):
-            # Admission writes a prompt's keys/values into free slots and shifts them; a linear-attention layer's
-            # state (conv + recurrent) has no slots to shift, so this path is not built yet.
-            raise ValueError(f"jaxgen.Engine does not run hybrid linear-attention models ({model.config.model_type}) "
-                             "yet; use jaxgen.generate, which supports them.")
         self.model = model
         self.slots = max_slots
         self.chunk_steps = chunk_steps
