@@ -8,9 +8,9 @@ import os
 from jaxgen.bench.measure import SEED
 from jaxgen.bench.runners import B8_LENGTHS, PROMPT_LEN, SAMPLING, make_prompts
 
-MODES = ("greedy_b1", "greedy_b8", "sample_b1", "beam4_b1", "logprobs5_b1")
+MODES = ("greedy_b1", "greedy_b8", "sample_b1", "beam4_b1", "logprobs5_b1", "beam3_b1")
 MODE_TITLES = {"greedy_b1": "greedy b1", "greedy_b8": "greedy b8", "sample_b1": "sampling b1",
-               "beam4_b1": "beam-4 b1", "logprobs5_b1": "greedy+top5 lp b1"}
+               "beam4_b1": "beam-4 b1", "logprobs5_b1": "greedy+top5 lp b1", "beam3_b1": "beam-3 b1"}
 
 # Random models saved with transformers: name -> (config class, model class, config fields). initializer_range 0.2
 # makes logits spread out, so greedy/beam paths are not degenerate repeats of one token. The Llamas are the default
@@ -40,9 +40,15 @@ MODEL_SPECS = {
         hidden_size=768, intermediate_size=2048, moe_intermediate_size=256, num_hidden_layers=8,
         num_attention_heads=12, num_key_value_heads=4, head_dim=64, num_experts=64, num_experts_per_tok=8,
         norm_topk_prob=True, vocab_size=32000)),
+    # Qwen3.5's hybrid design (3 Gated DeltaNet layers per gated full-attention layer, partial RoPE) at ~250M:
+    # hidden 1024, 12 layers, 16 value heads of 128 over 8 key heads.
+    "qwen3_5-shaped": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM", dict(
+        hidden_size=1024, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=8,
+        num_key_value_heads=2, head_dim=128, linear_num_key_heads=8, linear_num_value_heads=16,
+        linear_key_head_dim=128, linear_value_head_dim=128, vocab_size=32000)),
 }
 MODEL_GROUPS = {"default": ["llama-5m", "llama-125m"], "families": ["gpt2-124m", "gemma2-shaped"],
-                "moe": ["mixtral-shaped", "qwen3moe-shaped"]}
+                "moe": ["mixtral-shaped", "qwen3moe-shaped"], "hybrid": ["qwen3_5-shaped"]}
 DEMO_NAME = "demo"
 INITIALIZER_RANGE = 0.2
 
@@ -53,6 +59,8 @@ def mode_settings(mode: str) -> dict:
         return dict(do_sample=True, **SAMPLING)
     if mode == "beam4_b1":
         return dict(num_beams=4)
+    if mode == "beam3_b1":  # OmniLMM's deterministic preset's beam count
+        return dict(num_beams=3)
     if mode == "logprobs5_b1":
         return dict(top_logprobs=5)
     return {}

@@ -103,16 +103,15 @@ def generate_text(model: Model, tokenizer, prompts: str | Sequence[str | Sequenc
     r = cfg.num_return_sequences
     rows = b * r
 
-    low_streamer = None
-    decoders: list[IncrementalText] = []
-    if streamer is not None and tokenizer is not None:
-        decoders = [IncrementalText(tokenizer) for _ in range(rows)]
+    decoders = [IncrementalText(tokenizer) for _ in range(rows)] if streamer is not None and tokenizer is not None else []
 
-        def low_streamer(tokens: np.ndarray, steps: int, done: np.ndarray) -> None:
-            for i in range(min(rows, tokens.shape[0])):
-                piece = decoders[i].update(_text_ids(tokens[i], steps, eos))
-                if piece:
-                    streamer(i, piece)
+    def stream_text(tokens: np.ndarray, steps: int, done: np.ndarray) -> None:
+        for i in range(min(rows, tokens.shape[0])):
+            piece = decoders[i].update(_text_ids(tokens[i], steps, eos))
+            if piece:
+                streamer(i, piece)
+
+    low_streamer = stream_text if decoders else None
 
     out = generate(model, ids, mask, config=cfg, key=key, streamer=low_streamer, stream_every=stream_every,
                    tokenizer=tokenizer)
