@@ -213,8 +213,9 @@ def parse_args():
                     help="cpu runs float32; gpu/tpu run bfloat16 (transformers on CUDA when torch has it)")
     ap.add_argument("--out", default=None, help="JSON output (default benchmarks/results/<device>[-quick].json)")
     ap.add_argument("--chart", default=None, help="PNG chart (default: the JSON path with .png)")
-    ap.add_argument("--models", default=None, help="comma list of model names (harness/models.py MODEL_SPECS), groups default / families / moe, and demo (default: default,demo)")
-    ap.add_argument("--modes", default=",".join(MODES), help="comma list of " + ", ".join(MODES))
+    ap.add_argument("--models", default=None, help="comma list of model names (harness/models.py MODEL_SPECS), groups default / families / moe / hybrid, and demo (default: default,demo)")
+    ap.add_argument("--modes", default=",".join(m for m in MODES if m != "beam3_b1"),
+                    help="comma list of " + ", ".join(MODES) + " (default: all but beam3_b1)")
     ap.add_argument("--runs", type=int, default=None, help="timed runs per framework (>= 5; default 5 / 7)")
     ap.add_argument("--max-new-tokens", type=int, default=None,
                     help="default 128 (16 with --quick: one output bucket, so the TTFT call needs no extra compile)")
