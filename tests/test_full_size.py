@@ -1,5 +1,6 @@
-"""Real-size mixture-of-experts configs, abstractly: jaxgen's parameter count equals transformers' (its model built
-on the meta device, so nothing is allocated on either side) and one step traces with ``jax.eval_shape``."""
+"""Real-size configs, abstractly: jaxgen's parameter count equals transformers' (its model built on the meta device,
+so nothing is allocated on either side) and one step traces with ``jax.eval_shape``. The mixtures of experts and
+hybrids here, and the largest GPT-2, Gemma 2 / 3 and Phi-3 (the Llama line: tests/test_model_parity.py)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,22 @@ GPT_OSS_20B = dict(
                       original_max_position_embeddings=4096), rope_theta=150000,
     quantization_config=dict(quant_method="mxfp4"))
 FULL_SIZE = {
+    "GPT-2-XL": ("GPT2LMHeadModel", dict(model_type="gpt2", n_embd=1600, n_layer=48, n_head=25, vocab_size=50257,
+                                          n_positions=1024)),
+    "Gemma-2-27B": ("Gemma2ForCausalLM", dict(
+        model_type="gemma2", hidden_size=4608, intermediate_size=36864, num_hidden_layers=46,
+        num_attention_heads=32, num_key_value_heads=16, head_dim=128, vocab_size=256000,
+        query_pre_attn_scalar=144, sliding_window=4096, final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
+        max_position_embeddings=8192)),
+    "Gemma-3-27B": ("Gemma3ForCausalLM", dict(
+        model_type="gemma3_text", hidden_size=5376, intermediate_size=21504, num_hidden_layers=62,
+        num_attention_heads=32, num_key_value_heads=16, head_dim=128, vocab_size=262208,
+        query_pre_attn_scalar=168, sliding_window=1024, rope_theta=1e6, rope_local_base_freq=10000.0,
+        rope_scaling=dict(rope_type="linear", factor=8.0), max_position_embeddings=131072)),
+    "Phi-3-medium": ("Phi3ForCausalLM", dict(
+        model_type="phi3", hidden_size=5120, intermediate_size=17920, num_hidden_layers=40, num_attention_heads=40,
+        num_key_value_heads=10, vocab_size=32064, max_position_embeddings=4096, original_max_position_embeddings=4096,
+        rope_theta=10000.0, tie_word_embeddings=False)),
     "Mixtral-8x7B": ("MixtralForCausalLM", dict(
         model_type="mixtral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
         num_attention_heads=32, num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2, vocab_size=32000,
@@ -94,7 +111,7 @@ def hf_counts(cls: str, raw: dict) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("name", list(FULL_SIZE))
-def test_full_size_moe_counts_and_traces(name):
+def test_full_size_counts_and_traces(name):
     """The count over every layer (the flax-free shape table, held equal to the NNX model elsewhere); the trace on
     the first layers only (every later layer repeats one of their shapes), which keeps the test quick."""
     cls, raw = FULL_SIZE[name]
@@ -107,7 +124,7 @@ def test_full_size_moe_counts_and_traces(name):
     # gpt-oss: one sliding and one full layer; the hybrids: three linear-attention layers and one full one
     first_layers = max(raw.get("first_k_dense_replace", 0) + 1, 4 if "linear_attention" in raw.get("layer_types", ())
                        else 2)
-    cut = {"num_hidden_layers": first_layers}
+    cut = {"n_layer" if "n_layer" in raw else "num_hidden_layers": first_layers}
     if "layer_types" in raw:
         cut["layer_types"] = raw["layer_types"][:first_layers]
     first = ModelConfig.from_hf_dict({**raw, **cut})
