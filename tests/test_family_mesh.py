@@ -17,8 +17,9 @@ TOL = 1e-4
 # The families whose parameters or caches have sharding rules of their own. The Llama line (every mesh and mode)
 # is in tests/test_sharding.py and Phi-3's fused tensors in tests/test_families.py; Gemma 1-3 and Qwen3-MoE use
 # only rules these families already exercise (Gemma 4's sandwich norms and per-layer shapes, Mixtral's experts).
-# qwen3_next: Gated DeltaNet layers, a full-attention layer, routed experts and a dense layer in one model.
-MESH_FAMILIES = ["gpt2", "mixtral", "qwen2_moe", "qwen3_next", "gemma4_moe", "deepseek_v3", "gpt_oss"]
+# The hybrids: Qwen3.5, Qwen3.5-MoE, and Qwen3-Next (Gated DeltaNet, full attention, experts and a dense layer).
+MESH_FAMILIES = ["gpt2", "mixtral", "qwen2_moe", "qwen3_5", "qwen3_5_moe", "qwen3_next", "gemma4_moe", "deepseek_v3",
+                 "gpt_oss"]
 assert set(MESH_FAMILIES) <= set(MATRIX)
 # Expert parallelism over more than one split: Mixtral's 8 experts over a model axis of 4, 2 and 1 (replicated),
 # Qwen2-MoE's 4 over 4 and 2. Every other family: (2, 4). (A model axis of 8 does not divide the 4 heads.)

@@ -89,6 +89,11 @@ FULL_SIZE = {
         linear_conv_kernel_dim=4, vocab_size=151936, max_position_embeddings=262144, rms_norm_eps=1e-6,
         tie_word_embeddings=False, rope_theta=10000000, partial_rotary_factor=0.25,
         layer_types=(["linear_attention"] * 3 + ["full_attention"]) * 12)),
+    "Qwen3.5-default": ("Qwen3_5ForCausalLM", dict(
+        model_type="qwen3_5_text", hidden_size=4096, intermediate_size=12288, num_hidden_layers=32,
+        num_attention_heads=16, num_key_value_heads=4, head_dim=256, vocab_size=248320, linear_num_key_heads=16,
+        linear_num_value_heads=32, linear_key_head_dim=128, linear_value_head_dim=128, tie_word_embeddings=False,
+        layer_types=(["linear_attention"] * 3 + ["full_attention"]) * 8)),
     "Qwen3.5-MoE-default": ("Qwen3_5MoeForCausalLM", dict(
         model_type="qwen3_5_moe_text", hidden_size=2048, num_hidden_layers=40, num_attention_heads=16,
         num_key_value_heads=2, head_dim=256, vocab_size=248320, num_experts=256, num_experts_per_tok=8,
