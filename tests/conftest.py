@@ -174,10 +174,11 @@ QWEN35 = dict(num_hidden_layers=4, head_dim=16, tie_word_embeddings=False,
               linear_conv_kernel_dim=4)
 # Qwen3.5-MoE: the same layers, every MLP top-2 of 4 experts plus a gated shared expert. Qwen3-Next: Gated DeltaNet
 # inputs fused per key head (2 value heads per key head), layer 1 dense (mlp_only_layers), top-2 not renormalised.
-QWEN35_MOE = dict(QWEN35, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-                  shared_expert_intermediate_size=48)
-QWEN3_NEXT = dict(QWEN35, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-                  shared_expert_intermediate_size=48, mlp_only_layers=[1], norm_topk_prob=False)
+QWEN35_EXPERTS = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                      shared_expert_intermediate_size=48)
+QWEN3_NEXT_EXPERTS = dict(QWEN35_EXPERTS, mlp_only_layers=[1], norm_topk_prob=False)
+QWEN35_MOE = dict(QWEN35, **QWEN35_EXPERTS)
+QWEN3_NEXT = dict(QWEN35, **QWEN3_NEXT_EXPERTS)
 # 5 layers: sliding, global, sliding, then two KV-sharing layers (3 reads layer 2, 4 reads layer 1); global layers
 # with their own head_dim / KV heads, k_eq_v and proportional RoPE; per-layer inputs; a double-wide MLP where
 # KV is shared; a window and a final soft-cap small enough to matter.

@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 hf = pytest.importorskip("transformers.models.qwen3_5.modeling_qwen3_5")
 
+from conftest import QWEN35_EXPERTS, QWEN3_NEXT_EXPERTS  # noqa: E402
 from jaxgen.nn import linear_attention as la  # noqa: E402
 
 B, T, HK, HV, DK, DV = 2, 37, 2, 4, 8, 16  # T not a multiple of the chunk: exercises the tail padding
@@ -184,13 +185,10 @@ QWEN35 = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_at
               layer_types=["linear_attention", "linear_attention", "full_attention", "linear_attention"],
               linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=16,
               linear_conv_kernel_dim=4, tie_word_embeddings=False)
-# Qwen3.5-MoE: the same hybrid layers, each MLP replaced by top-2 of 4 experts plus a gated shared expert.
-QWEN35_MOE = dict({k: v for k, v in QWEN35.items() if k != "intermediate_size"}, num_experts=4,
-                  num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48)
-# Qwen3-Next: the same layers with in_proj_qkvz / in_proj_ba fused per key head (2 value heads per key head here),
-# layer 1 dense (mlp_only_layers), top-2 of 4 not renormalised.
-QWEN3_NEXT = dict(QWEN35, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-                  shared_expert_intermediate_size=48, mlp_only_layers=[1], norm_topk_prob=False)
+# Qwen3.5-MoE and Qwen3-Next: the same hybrid layers with conftest's experts (Qwen3-Next: in_proj_qkvz / in_proj_ba
+# fused per key head, 2 value heads per key head here).
+QWEN35_MOE = dict(QWEN35, **QWEN35_EXPERTS)
+QWEN3_NEXT = dict(QWEN35, **QWEN3_NEXT_EXPERTS)
 PROMPTS = [[5, 9, 17, 33, 4, 88, 21, 60, 3, 99, 12], [7, 8, 9, 40, 41]]
 HF_CLASSES = {"dense": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM", QWEN35),
               "moe": ("Qwen3_5MoeTextConfig", "Qwen3_5MoeForCausalLM", QWEN35_MOE),
