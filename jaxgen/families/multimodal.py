@@ -21,10 +21,11 @@ WRAPPERS: dict[str, tuple[str, bool]] = {"gemma3": ("gemma3_text", True), "gemma
 _TOP_LEVEL = ("dtype", "torch_dtype", "quantization_config", "bos_token_id", "eos_token_id", "pad_token_id")
 # Where the language model's tensors live in each layout, and what they are in the text model's.
 _PREFIXES = (("model.language_model.", "model."), ("language_model.model.", "model."),
-             ("language_model.lm_head.", "lm_head."), ("lm_head.", "lm_head."))
-# The parts of a multimodal checkpoint that are not the language model (towers, projectors, their embedders).
-_OTHER_PARTS = ("vision_tower.", "multi_modal_projector.", "visual.", "embed_vision.", "audio_tower.",
-                "embed_audio.")
+             ("language_model.lm_head.", "lm_head."))
+# The parts of a multimodal checkpoint that are not the language model (towers, projectors, their embedders), at
+# the top level (4.x) or under model. (5.x).
+_PARTS = ("vision_tower.", "multi_modal_projector.", "visual.", "embed_vision.", "audio_tower.", "embed_audio.")
+_OTHER_PARTS = _PARTS + tuple("model." + p for p in _PARTS)
 
 
 def text_fields(raw: dict, source: str) -> dict:
@@ -53,7 +54,7 @@ def language_model_key(key: str) -> str | None:
     for old, new in _PREFIXES:
         if key.startswith(old):
             return new + key[len(old):]
-    if key.startswith(_OTHER_PARTS) or key.startswith(tuple("model." + p for p in _OTHER_PARTS)):
+    if key.startswith(_OTHER_PARTS):
         return None
     return key
 
