@@ -194,6 +194,41 @@ class LayerSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    """A multimodal checkpoint's image side: a SigLIP-style vision tower and what turns its patches into language
+    model embeddings. ``kind``: ``"gemma3"`` (SigLIP tower, average pool to ``mm_tokens_per_image``, Gemma RMSNorm,
+    projection) or ``"minicpmv4_6"`` (NaViT-packed tower with a 2x2 window-attention merger after layer
+    ``insert_layer_id``, then ``merger_times`` 2x2 downsampling MLPs). Fields follow transformers' vision configs."""
+
+    kind: str
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    image_size: int
+    patch_size: int
+    text_hidden_size: int
+    image_token_id: int
+    num_channels: int = 3
+    layer_norm_eps: float = 1e-6
+    activation: str = "gelu_tanh"
+    mm_tokens_per_image: int = 0  # gemma3: image tokens per image (a square number)
+    insert_layer_id: int = -1  # minicpmv4_6: the window-attention merger runs after this encoder layer
+    window_kernel_size: tuple[int, int] = (2, 2)
+    merge_kernel_size: tuple[int, int] = (2, 2)
+    merger_times: int = 1
+    downsample_mode: str = "16x"  # minicpmv4_6: "4x" skips the window merger (4x more image tokens)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def patches_per_side(self) -> int:
+        return self.image_size // self.patch_size
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a decoder-only LM. Field names follow transformers'.
 
@@ -239,6 +274,8 @@ class ModelConfig:
     # The multimodal checkpoint type this is the language model of ("gemma3", "gemma4", "qwen3_5"), else None: its
     # weights live under model.language_model.* beside towers jaxgen does not load (jaxgen.families.multimodal).
     wrapper: str | None = None
+    # Its vision side, when jaxgen reads the checkpoint's images too (Gemma 3, MiniCPM-V 4.6); None: text only.
+    vision: VisionConfig | None = None
 
     def __post_init__(self):
         # Frozen: derived defaults are set once, here.
