@@ -28,7 +28,7 @@ import ml_dtypes
 import numpy as np
 from tqdm import tqdm
 
-from checkpoints_convert import shapes, tables
+from checkpoints_convert import shapes, tables, vision
 from checkpoints_convert.atomic import atomic_folder, sigterm_raises
 from checkpoints_convert.reader import Checkpoint, TensorInfo, open_checkpoint, open_safetensors
 from checkpoints_convert.writer import write_safetensors
@@ -125,6 +125,20 @@ def plan_conversion(ckpt: Checkpoint, config: ModelConfig, dtype: np.dtype | Non
     keys = _language_model_keys(ckpt, config)  # the text model's key of each tensor (None: another part)
     for info in ckpt.ordered():
         key = keys[info.name]
+        if key is None and config.vision is not None and (stem := multimodal.vision_key(info.name)) is not None:
+            found = vision.plan_vision_key(stem, info.shape, expected)
+            if found is None:
+                unknown.append(info.name)
+                continue
+            target, transform = found
+            targets.add(target)
+            got = vision.SHAPE_OF[transform](info.shape)
+            if got != expected[target]:
+                shape_errors.append(f"tensor '{info.name}' in {os.path.basename(info.file)} has shape {info.shape}, "
+                                    f"but config.json implies {expected[target]} after {transform}")
+                continue
+            items.append(Item(info, target, transform, dtype or info.dtype, expected[target]))
+            continue
         if key is None or tables.IGNORED.fullmatch(key) or tables.is_mtp_layer(config, key):
             continue
         if config.tie_word_embeddings and key == tables.TIED_HEAD_KEY:
@@ -207,7 +221,7 @@ def _language_model_keys(ckpt: Checkpoint, config: ModelConfig) -> dict[str, str
         return {name: name for name in ckpt.tensors}
     keys = {name: multimodal.language_model_key(name) for name in ckpt.tensors}
     left = sorted(name for name, key in keys.items() if key is None)
-    if left:
+    if left and config.vision is None:
         warnings.warn(f"{ckpt.folder}: a {config.wrapper} checkpoint; jaxgen loads its language model and leaves out "
                       f"the {len(left)} tensors of its other parts (e.g. {left[0]}): images are not read.",
                       stacklevel=3)
@@ -233,8 +247,11 @@ def _produce(ckpt: Checkpoint, item: Item) -> np.ndarray:
         assert x.shape == item.shape and x.dtype == item.dtype, (item.target, x.shape, x.dtype)
         return x
     x = ckpt.read(item.source.name)
-    piece = tables.Piece(item.target, item.transform, item.part)
-    transform = lambda a: tables.cut(a, piece)  # noqa: E731 (the part, if any, then the named transform)
+    if item.target.startswith("vision."):  # the vision side's own transforms (checkpoints_convert.vision)
+        transform = vision.TRANSFORMS[item.transform]
+    else:
+        piece = tables.Piece(item.target, item.transform, item.part)
+        transform = lambda a: tables.cut(a, piece)  # noqa: E731 (the part, if any, then the named transform)
     # Casts commute with the transforms; narrowing first keeps the transform's copy small.
     if item.dtype.itemsize < x.dtype.itemsize:
         x = transform(x.astype(item.dtype))

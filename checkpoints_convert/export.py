@@ -14,6 +14,7 @@ import numpy as np
 from checkpoints_convert import shapes, tables
 from checkpoints_convert.atomic import atomic_file
 from checkpoints_convert.convert import DTYPES
+from checkpoints_convert.vision import hf_vision_key
 from checkpoints_convert.writer import write_safetensors
 from jaxgen.config import ModelConfig
 from jaxgen.errors import CheckpointError
@@ -35,7 +36,7 @@ def hf_layout(config: ModelConfig, params_by_name: Mapping[str, Any]) -> dict[st
         got = tuple(np.shape(params_by_name[name]))
         if got != want:
             raise CheckpointError(f"parameter {name} has shape {got}, the config implies {want}.")
-    layout = {name: tables.hf_key(config.model_type, name) for name in expected}
+    layout = {name: tables.hf_key(config.model_type, name) for name in expected if not name.startswith("vision.")}
     unmapped = sorted(name for name, found in layout.items() if found is None)
     assert not unmapped, f"the {config.model_type} table has no rule for {unmapped}"
     if config.wrapper:  # a multimodal checkpoint's language model: written where transformers 5 keeps it
@@ -66,6 +67,13 @@ def save_hf_safetensors(path: str | os.PathLike, config: ModelConfig, params_by_
         if len(names) > 1:
             shape = shape[:axis] + (sum(hf_shape(n)[axis] for n in names),) + shape[axis + 1:]
         specs.append((key, cast or np.asarray(params_by_name[names[0]]).dtype, shape))
+    # The vision side (Gemma 3, MiniCPM-V 4.6): one tensor per parameter, under transformers 5's model.* keys.
+    vision = {}
+    if config.vision is not None:
+        for name in sorted(n for n in params_by_name if n.startswith("vision.")):
+            key, back = hf_vision_key(name, config.vision)
+            vision[key] = back(params_by_name[name])
+            specs.append((key, cast or vision[key].dtype, vision[key].shape))
 
     def arrays():
         for (key, dtype, shape), (names, axis, interleave) in zip(specs, groups.values()):
@@ -82,6 +90,8 @@ def save_hf_safetensors(path: str | os.PathLike, config: ModelConfig, params_by_
                 yield np.ascontiguousarray(np.stack(parts, axis=axis + 1).reshape(shape))
             else:
                 yield np.ascontiguousarray(np.concatenate(parts, axis=axis))
+        for x in vision.values():
+            yield np.ascontiguousarray(x.astype(cast or x.dtype, copy=False))
 
     with atomic_file(os.fspath(path)) as tmp:
         write_safetensors(tmp, specs, arrays(), HF_METADATA)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from jaxgen.config import SUPPORTED_MODEL_TYPES, ModelConfig, NormSpec
+from jaxgen.config import SUPPORTED_MODEL_TYPES, ModelConfig, NormSpec, VisionConfig
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -133,6 +133,58 @@ def decoder_shapes(c: ModelConfig) -> Shapes:
 FAMILIES: dict[str, Callable[[ModelConfig], Shapes]] = {t: decoder_shapes for t in SUPPORTED_MODEL_TYPES}
 
 
+def _layer_norm(out: Shapes, name: str, size: int) -> None:
+    out[f"{name}.weight"] = (size,)
+    out[f"{name}.bias"] = (size,)
+
+
+def _dense(out: Shapes, name: str, n_in: int, n_out: int) -> None:
+    out[f"{name}.kernel"] = (n_in, n_out)
+    out[f"{name}.bias"] = (n_out,)
+
+
+def vision_encoder_layer_shapes(out: Shapes, prefix: str, v: VisionConfig) -> None:
+    """jaxgen.nn.vision.VisionEncoderLayer's parameters under ``prefix``."""
+    d = v.hidden_size
+    _layer_norm(out, f"{prefix}.layer_norm1", d)
+    _layer_norm(out, f"{prefix}.layer_norm2", d)
+    for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        _dense(out, f"{prefix}.self_attn.{name}", d, d)
+    _dense(out, f"{prefix}.mlp.fc1", d, v.intermediate_size)
+    _dense(out, f"{prefix}.mlp.fc2", v.intermediate_size, d)
+
+
+def vision_embeddings_shapes(out: Shapes, prefix: str, v: VisionConfig) -> None:
+    """jaxgen.nn.vision.VisionEmbeddings' parameters under ``prefix``."""
+    _dense(out, f"{prefix}.patch_embedding", v.num_channels * v.patch_size ** 2, v.hidden_size)
+    out[f"{prefix}.position_embedding.embedding"] = (v.patches_per_side ** 2, v.hidden_size)
+
+
+def gemma3_vision_shapes(v: VisionConfig) -> Shapes:
+    """jaxgen.nn.gemma3_vision.Gemma3ImageEncoder's parameters (below ``vision.``)."""
+    out: Shapes = {}
+    m = "vision_tower"
+    vision_embeddings_shapes(out, f"{m}.embeddings", v)
+    for i in range(v.num_hidden_layers):
+        vision_encoder_layer_shapes(out, f"{m}.encoder.layers.{i}", v)
+    _layer_norm(out, f"{m}.post_layernorm", v.hidden_size)
+    out["multi_modal_projector.mm_input_projection_weight"] = (v.hidden_size, v.text_hidden_size)
+    out["multi_modal_projector.mm_soft_emb_norm.weight"] = (v.hidden_size,)
+    return out
+
+
+def vision_shapes(v: VisionConfig) -> Shapes:
+    """The image encoder's parameters, below ``vision.``."""
+    if v.kind == "gemma3":
+        return gemma3_vision_shapes(v)
+    from checkpoints_convert.shapes_minicpmv import minicpmv_shapes
+
+    return minicpmv_shapes(v)
+
+
 def param_shapes(config: ModelConfig) -> Shapes:
     """``{dotted jaxgen name: shape}`` of every parameter the model built from ``config`` has."""
-    return FAMILIES[config.model_type](config)
+    out = FAMILIES[config.model_type](config)
+    if config.vision is not None:
+        out.update({f"vision.{k}": s for k, s in vision_shapes(config.vision).items()})
+    return out

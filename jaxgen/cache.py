@@ -77,18 +77,23 @@ def reorder_rows(cache: KVCache, rows: Array) -> KVCache:
     return _with_row_leaves(cache, jax.tree.map(take, _row_leaves(cache)))
 
 
-def attention_mask(cache: KVCache, num_new: int, window: int | None) -> Array:
+def attention_mask(cache: KVCache, num_new: int, window: int | None, blocks: Array | None = None) -> Array:
     """Which slots each new token may attend to: ``bool[B, num_new, S]`` (after ``cache.valid`` is updated).
 
     Causal over slots, restricted to valid slots, and to the last ``window`` slots when a sliding window is set
-    (transformers compares slot indices too, so left padding counts inside the window).
+    (transformers compares slot indices too, so left padding counts inside the window). ``blocks`` int32
+    ``[B, num_new]`` (Gemma 3's images): new tokens of one block (id >= 0) also see each other's later slots.
     """
     q_slot = cache.index + jnp.arange(num_new)[:, None]
     k_slot = jnp.arange(cache.capacity)[None, :]
-    allowed = k_slot <= q_slot
+    allowed = (k_slot <= q_slot)[None]
+    if blocks is not None:  # transformers: OR(causal, same block), then AND(window) on sliding layers
+        k_block = jax.lax.dynamic_update_slice(jnp.full((blocks.shape[0], cache.capacity), -1, blocks.dtype),
+                                               blocks, (0, cache.index))
+        allowed = allowed | ((blocks[:, :, None] >= 0) & (blocks[:, :, None] == k_block[:, None, :]))
     if window is not None:
-        allowed &= k_slot > q_slot - window
-    return cache.valid[:, None, :] & allowed[None]
+        allowed &= (k_slot > q_slot - window)[None]
+    return cache.valid[:, None, :] & allowed
 
 
 def write_valid(cache: KVCache, mask: Array) -> KVCache:

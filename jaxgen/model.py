@@ -39,13 +39,14 @@ def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def make_step(graphdef: nnx.GraphDef) -> StepFn:
-    """``step(params, tokens[B,T], positions[B,T], cache, mask[B,T], logits_positions=None) -> (logits, cache)``.
+    """``step(params, tokens[B,T], positions[B,T], cache, mask[B,T], logits_positions=None, images=None)
+    -> (logits, cache)`` (``images``: a multimodal prompt's :class:`~jaxgen.nn.vision.ImageInputs`).
 
     Pure: merges the graph with ``params`` inside, so callers jit it with params as an argument.
     """
 
-    def step(params, tokens, positions, cache, mask, logits_positions=None):
-        return nnx.merge(graphdef, params)(tokens, positions, cache, mask, logits_positions)
+    def step(params, tokens, positions, cache, mask, logits_positions=None, images=None):
+        return nnx.merge(graphdef, params)(tokens, positions, cache, mask, logits_positions, images)
 
     return step
 

@@ -13,6 +13,7 @@ from jax import Array
 
 from jaxgen.api.extra_options import effective_min_new_tokens, extra_setup
 from jaxgen.api.generation_config import GenerationConfig
+from jaxgen.api.images import check_images, model_ids
 from jaxgen.api.inputs import bucket, check_context, check_memory, check_tokens, model_tokens, to_device
 from jaxgen.api.outputs import GenerationOutput
 from jaxgen.cache import init_cache
@@ -23,6 +24,7 @@ from jaxgen.decode.loop import DecodeParams, DecodeSpec, decode
 from jaxgen.decode.streaming import Streamer
 from jaxgen.errors import NonFiniteLogitsError
 from jaxgen.model import Model, make_step
+from jaxgen.nn.vision import ImageInputs
 
 __all__ = ["compile_count", "default_generation_config", "generate", "lower", "resolve_config"]
 
@@ -101,11 +103,14 @@ class _Call:
 
 def _prepare(model: Model, input_ids: Any, attention_mask: Any, config: GenerationConfig | None, key: Any,
              overrides: dict[str, Any], streaming_on: bool = False, stream_every: int = 8,
-             stream_id: int = 0, tokenizer: Any = None) -> _Call:
+             stream_id: int = 0, tokenizer: Any = None, image_args: dict[str, Any] | None = None) -> _Call:
     """Everything host-side, in numpy: validation (before anything compiles), padding to buckets, static/traced
     split. Nothing here runs a jax operation, so a call in a known bucket compiles nothing."""
     cfg = resolve_config(model, config, overrides)
-    ids, mask = check_tokens(model.config, input_ids, attention_mask, left_padded=True)
+    vision = model.config.vision
+    ids, mask = check_tokens(model.config, input_ids, attention_mask, left_padded=True,
+                             extra_ids=(vision.image_token_id,) if vision is not None else ())
+    host_images = check_images(model.config, ids, mask, **(image_args or {}))
     b, t = ids.shape
     max_new = cfg.max_new_tokens if cfg.max_new_tokens is not None else cfg.max_length - t
     if max_new < 1:
@@ -132,6 +137,8 @@ def _prepare(model: Model, input_ids: Any, attention_mask: Any, config: Generati
         key_data, single = _key_data(key, b)
     if do_sample and r > 1:
         ids, mask = np.repeat(ids, r, axis=0), np.repeat(mask, r, axis=0)
+        if host_images is not None:
+            host_images = host_images.rows(np.repeat(np.arange(b), r))
     rows = ids.shape[0]  # B*R for sampling, B for greedy and beam search (beams expand inside)
 
     # Shape buckets: extra left padding (masked), a longer output buffer (the traced limit stops the loop), and
@@ -142,8 +149,13 @@ def _prepare(model: Model, input_ids: Any, attention_mask: Any, config: Generati
                  num_beams=cfg.num_beams, num_eos=len(cfg.eos_token_ids))
     ids_b = np.zeros((rb, tb), np.int32)  # padding holds token 0, a valid id whatever pad_token_id is
     mask_b = np.zeros((rb, tb), np.int32)
-    ids_b[:rows, tb - t:], mask_b[:rows, tb - t:] = model_tokens(ids, mask), mask
+    ids_b[:rows, tb - t:], mask_b[:rows, tb - t:] = model_tokens(model_ids(model.config, ids, host_images), mask), mask
     ids_b[rows:], mask_b[rows:] = ids_b[0], mask_b[0]
+    images = None
+    if host_images is not None:
+        hi = host_images.padded(rb, tb)
+        images = ImageInputs(pixel_values=hi.pixel_values, slots=hi.slots, blocks=hi.blocks,
+                             target_sizes=hi.target_sizes)
 
     keys = None
     key_plan = KeyPlan()
@@ -193,14 +205,18 @@ def _prepare(model: Model, input_ids: Any, attention_mask: Any, config: Generati
         if keys is not None:
             keys = {k: rows_sharding(v) for k, v in keys.items()}
         cache_sharding = S.cache_sharding(model.config, model.mesh)
+    if images is not None and model.mesh is not None:  # per-row image inputs split like the prompt rows
+        images = images.replace(slots=rows_sharding(images.slots),
+                                blocks=None if images.blocks is None else rows_sharding(images.blocks))
     args = (model.graphdef, model.config, model.dtype.name, spec, key_plan, cache_sharding, model.params, ids_d,
-            mask_d, keys, dp)
+            mask_d, keys, dp, images)
     return _Call(args=args, config=cfg, prompt=np.repeat(ids, r, axis=0) if beam else ids,
                  rows=b * r, max_new=max_new, stream=stream)
 
 
 def generate(model: Model, input_ids: Any, attention_mask: Any = None, config: GenerationConfig | None = None,
-             key: Any = None, *, streamer: Streamer | None = None, stream_every: int = 8, tokenizer: Any = None,
+             key: Any = None, *, pixel_values: Any = None, token_type_ids: Any = None, target_sizes: Any = None,
+             streamer: Streamer | None = None, stream_every: int = 8, tokenizer: Any = None,
              **overrides: Any) -> GenerationOutput:
     """Generate continuations of left-padded ``input_ids`` int32 ``[B, T]`` with one compiled program.
 
@@ -214,6 +230,11 @@ def generate(model: Model, input_ids: Any, attention_mask: Any = None, config: G
     ``stream_every`` steps from inside the compiled loop (rows in call order; only the first ``num_steps``
     columns are filled). ``tokenizer``: needed only for ``stop_strings`` (their table is built from its
     vocabulary once and cached).
+
+    Images (Gemma 3, MiniCPM-V 4.6 checkpoints): pass what the checkpoint's ``AutoProcessor`` returned beside
+    ``input_ids`` / ``attention_mask``: ``pixel_values``, and ``token_type_ids`` (Gemma 3; derived from the image
+    placeholders when omitted) or ``target_sizes`` (MiniCPM-V), e.g. ``generate(model, **processor_outputs)``. The
+    image encoder runs once per call, inside the compiled prefill.
     """
     user_streamer = streamer
 
@@ -222,7 +243,8 @@ def generate(model: Model, input_ids: Any, attention_mask: Any = None, config: G
 
     with streaming.open_stream(route if streamer is not None else None) as stream_id:
         call = _prepare(model, input_ids, attention_mask, config, key, overrides, streamer is not None,
-                        stream_every, stream_id, tokenizer)
+                        stream_every, stream_id, tokenizer,
+                        _image_args(pixel_values, token_type_ids, target_sizes))
         rows = call.rows
         res = jax.block_until_ready(_compiled(*call.args))
     if jax.process_count() > 1:  # results span hosts: every process gets the full arrays (process 0 writes them)
@@ -256,11 +278,18 @@ def compile_count() -> int:
 
 
 def lower(model: Model, input_ids: Any, attention_mask: Any = None, config: GenerationConfig | None = None,
-          key: Any = None, *, tokenizer: Any = None, **overrides: Any) -> jax.stages.Lowered:
+          key: Any = None, *, pixel_values: Any = None, token_type_ids: Any = None, target_sizes: Any = None,
+          tokenizer: Any = None, **overrides: Any) -> jax.stages.Lowered:
     """The compiled program ``generate`` would run for these arguments, lowered (``.compile()``, ``.as_text()``,
     ``.compile().input_shardings``) — for inspecting shardings and compile cost without running it."""
-    return _compiled.lower(*_prepare(model, input_ids, attention_mask, config, key, overrides,
-                                     tokenizer=tokenizer).args)
+    return _compiled.lower(*_prepare(model, input_ids, attention_mask, config, key, overrides, tokenizer=tokenizer,
+                                     image_args=_image_args(pixel_values, token_type_ids, target_sizes)).args)
+
+
+def _image_args(pixel_values: Any, token_type_ids: Any, target_sizes: Any) -> dict[str, Any]:
+    to_np = lambda x: None if x is None else np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)  # noqa: E731
+    return dict(pixel_values=to_np(pixel_values), token_type_ids=to_np(token_type_ids),
+                target_sizes=to_np(target_sizes))
 
 
 def _row_keys(keys: dict[str, Array], plan: KeyPlan) -> tuple[Array, Array]:
@@ -275,8 +304,9 @@ def _row_keys(keys: dict[str, Array], plan: KeyPlan) -> tuple[Array, Array]:
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "config", "dtype", "spec", "key_plan", "cache_sharding"))
 def _compiled(graphdef, config, dtype: str, spec: DecodeSpec, key_plan: KeyPlan, cache_sharding, params,
-              input_ids, mask, keys, dp: DecodeParams) -> dict[str, Array]:
-    """Prefill + decode loop (greedy, sampling or beam search) as one program; the cache lives inside it."""
+              input_ids, mask, keys, dp: DecodeParams, images: ImageInputs | None = None) -> dict[str, Array]:
+    """Prefill + decode loop (greedy, sampling or beam search) as one program; the cache lives inside it. With
+    ``images``, the image encoder runs once, inside the prefill."""
     step = make_step(graphdef)
     b, t = input_ids.shape
     cache = init_cache(config, b, t + spec.max_new_tokens, jnp.dtype(dtype))
@@ -284,13 +314,13 @@ def _compiled(graphdef, config, dtype: str, spec: DecodeSpec, key_plan: KeyPlan,
         cache = jax.lax.with_sharding_constraint(cache, cache_sharding)
     if spec.num_beams == 1:
         row_keys, key_data = _row_keys(keys, key_plan) if keys is not None else (None, None)
-        s = decode(step, params, input_ids, mask, row_keys, cache, spec, dp, emit=streaming.deliver)
+        s = decode(step, params, input_ids, mask, row_keys, cache, spec, dp, emit=streaming.deliver, images=images)
         out = dict(tokens=s.tokens, token_logprobs=s.token_logprobs, top_ids=s.top_ids,
                    top_logprobs=s.top_logprobs, num_generated=s.num_generated, nonfinite_step=s.nonfinite_step)
         if key_data is not None:
             out["keys"] = key_data
         return out
-    s = beam_search(step, params, input_ids, mask, cache, spec, dp)
+    s = beam_search(step, params, input_ids, mask, cache, spec, dp, images=images)
     r = spec.num_return_sequences
     flat = lambda x: x[:, :r].reshape((b * r,) + x.shape[2:])
     return dict(tokens=flat(s.finished.tokens), token_logprobs=flat(s.finished.token_logprobs),

@@ -32,7 +32,7 @@ def left_pad(prompts, pad: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def check_tokens(config: ModelConfig, input_ids: Any, attention_mask: Any, *,
-                 left_padded: bool) -> tuple[np.ndarray, np.ndarray]:
+                 left_padded: bool, extra_ids: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
     """Validated ``(ids int32[B, T], mask int32[B, T])``, ids as given (padded slots may hold any id).
 
     ``left_padded``: padding must come first in each row (generation); otherwise any one contiguous run of tokens
@@ -70,7 +70,9 @@ def check_tokens(config: ModelConfig, input_ids: Any, attention_mask: Any, *,
                              "padding).")
     vocab = config.vocab_size
     real = ids[mask == 1]
-    if real.min() < 0 or real.max() >= vocab:
+    if extra_ids:  # ids the caller maps before the model reads them (an image placeholder beyond the vocabulary)
+        real = real[~np.isin(real, extra_ids)]
+    if real.size and (real.min() < 0 or real.max() >= vocab):
         bad = int(real.min()) if real.min() < 0 else int(real.max())
         raise ValueError(f"input_ids holds token id {bad}, outside [0, vocab_size={vocab}) of the model.")
     return ids.astype(np.int32), mask

@@ -63,7 +63,7 @@ class BeamState:
 
 
 def beam_search(step, params, input_ids: Array, mask: Array, cache: KVCache, spec: DecodeSpec,
-                dp: DecodeParams) -> BeamState:
+                dp: DecodeParams, images=None) -> BeamState:
     """Beam search over ``input_ids[b, T]``; ``cache`` has ``b`` rows (copied to the beams after prefill)."""
     b = input_ids.shape[0]
     nb, n, k = spec.num_beams, spec.max_new_tokens, spec.top_logprobs
@@ -73,7 +73,7 @@ def beam_search(step, params, input_ids: Array, mask: Array, cache: KVCache, spe
     rows = b * nb
 
     # Prefill each prompt once, then copy its cache to the beams (identical rows, identical numbers).
-    logits, cache, positions = prefill(step, params, input_ids, mask, cache)
+    logits, cache, positions = prefill(step, params, input_ids, mask, cache, images)
     cache = jax.tree_util.tree_map(lambda x: jnp.repeat(x, nb, axis=0) if x.ndim else x, cache)
     logits, positions = jnp.repeat(logits, nb, axis=0), jnp.repeat(positions, nb, axis=0)
     vocab = logits.shape[-1]

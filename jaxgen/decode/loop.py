@@ -86,11 +86,14 @@ def seen_tokens(input_ids: Array, mask: Array, vocab: int) -> Array:
     return jnp.zeros((input_ids.shape[0], vocab), bool).at[rows, input_ids].max(mask > 0)
 
 
-def prefill(step, params, input_ids: Array, mask: Array, cache: KVCache) -> tuple[Array, KVCache, Array]:
-    """Run the prompt; return last-position logits ``f32[B, V]``, the cache, and next positions ``[B]``."""
+def prefill(step, params, input_ids: Array, mask: Array, cache: KVCache,
+            images=None) -> tuple[Array, KVCache, Array]:
+    """Run the prompt; return last-position logits ``f32[B, V]``, the cache, and next positions ``[B]``.
+    ``images``: what the prompt's images add (passed to the step as is; only the prefill reads them)."""
     positions = prompt_positions(mask)
     last = jnp.full((input_ids.shape[0],), input_ids.shape[1] - 1, jnp.int32)
-    logits, cache = step(params, input_ids, positions, cache, mask, last)
+    extra = () if images is None else (images,)
+    logits, cache = step(params, input_ids, positions, cache, mask, last, *extra)
     return logits, cache, positions[:, -1] + 1
 
 
@@ -127,7 +130,7 @@ def stop_string_hit(plan: P.ProcessorPlan, params: P.ProcessorParams, prompt: Ar
 
 
 def decode(step, params, input_ids: Array, mask: Array, row_keys: Array | None, cache: KVCache,
-           spec: DecodeSpec, dp: DecodeParams, emit=None) -> LoopState:
+           spec: DecodeSpec, dp: DecodeParams, emit=None, images=None) -> LoopState:
     """Greedy or sampled decoding of ``input_ids[B, T]`` (left-padded, ``mask[B, T]``) up to ``dp.max_new_tokens``.
 
     ``row_keys``: typed keys ``[B]`` when sampling. ``emit(stream_id, tokens, step, done)``: the host function
@@ -136,7 +139,7 @@ def decode(step, params, input_ids: Array, mask: Array, row_keys: Array | None, 
     """
     b = input_ids.shape[0]
     n, k = spec.max_new_tokens, spec.top_logprobs
-    logits, cache, positions = prefill(step, params, input_ids, mask, cache)
+    logits, cache, positions = prefill(step, params, input_ids, mask, cache, images)
     vocab = logits.shape[-1]
     plan = spec.plan
     seen = seen_tokens(input_ids, mask, vocab) if plan.repetition_penalty else jnp.zeros((b, 0), bool)

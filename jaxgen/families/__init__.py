@@ -34,7 +34,7 @@ WRAPPERS = tuple(multimodal.WRAPPERS)
 def parse_config(raw: dict, source: str = "config.json") -> ModelConfig:
     """Parse a transformers ``config.json`` dict (4.x or 5.x schema) with its family's parse function."""
     wrapper = raw.get("model_type") if raw.get("model_type") in multimodal.WRAPPERS else None
-    raw = multimodal.text_fields(raw, source)
+    outer, raw = raw, multimodal.text_fields(raw, source)
     model_type = raw.get("model_type")
     if model_type not in PARSERS:
         raise ConfigError(f"{source}: model_type {model_type!r} is not supported; jaxgen supports "
@@ -49,4 +49,7 @@ def parse_config(raw: dict, source: str = "config.json") -> ModelConfig:
                           "jaxgen loads float weights only. Dequantize it to bfloat16 first (e.g. load it in "
                           "transformers with the matching dequantize option and save_pretrained), then load that.")
     config = PARSERS[model_type](raw, source)
-    return dataclasses.replace(config, wrapper=wrapper) if wrapper else config
+    if not wrapper:
+        return config
+    return dataclasses.replace(config, wrapper=wrapper,
+                               vision=multimodal.vision_config(outer, config.hidden_size, source))

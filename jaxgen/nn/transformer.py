@@ -24,6 +24,18 @@ from jaxgen.nn.layers import ACTIVATIONS, MLP, linear, norm
 from jaxgen.nn.moe import MoE
 from jaxgen.nn.mla import MLA
 from jaxgen.nn.rope import rope_cos_sin
+from jaxgen.nn.vision import ImageInputs
+
+
+def image_encoder(config, **kw) -> nnx.Module:
+    """The image encoder of ``config.kind``: ``(pixel_values, target_sizes) -> features[N, text_hidden]``."""
+    if config.kind == "gemma3":
+        from jaxgen.nn.gemma3_vision import Gemma3ImageEncoder
+
+        return Gemma3ImageEncoder(config, **kw)
+    from jaxgen.nn.minicpmv import MiniCPMVImageEncoder
+
+    return MiniCPMVImageEncoder(config, **kw)
 
 
 def _precision(dtype) -> jax.lax.Precision:
@@ -140,15 +152,20 @@ class CausalLM(nnx.Module):
         self.model = DecoderModel(config, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
         if not config.tie_word_embeddings:
             self.lm_head = linear(config.hidden_size, config.vocab_size, False, dtype, param_dtype, precision, rngs)
+        if config.vision is not None:  # vision.*: the image encoder (its tower and projector / merger)
+            self.vision = image_encoder(config.vision, dtype=dtype, param_dtype=param_dtype, precision=precision,
+                                        rngs=rngs)
         self.precision = precision
 
     def __call__(self, tokens: Array, positions: Array, cache: KVCache | None, mask: Array,
-                 logits_positions: Array | None = None) -> tuple[Array, KVCache]:
+                 logits_positions: Array | None = None, images: ImageInputs | None = None) -> tuple[Array, KVCache]:
         """Run ``tokens[B, T]`` at ``positions[B, T]`` into ``cache`` starting at slot ``cache.index``.
 
         ``mask[B, T]`` is 1 for real tokens, 0 for padding. Returns float32 logits ``[B, T, V]`` (or ``[B, V]`` for
         the single position ``logits_positions[B]`` when given) and the updated cache. ``cache=None`` runs a plain
-        causal forward pass (training, scoring) over a cache of exactly ``T`` slots.
+        causal forward pass (training, scoring) over a cache of exactly ``T`` slots. ``images`` (a multimodal
+        model's prompt): the image encoder runs on its pixels and its features replace the embeddings of the
+        placeholder positions (:class:`~jaxgen.nn.vision.ImageInputs`).
         """
         cfg = self.config
         b, t = tokens.shape
@@ -156,7 +173,8 @@ class CausalLM(nnx.Module):
             cache = init_cache(cfg, b, t, self.dtype)
         cache = write_valid(cache, mask)
         # One mask per distinct window and one cos/sin table per distinct RoPE (Gemma 3: local and global).
-        masks = {w: attention_mask(cache, t, w) for w in {spec.attention.window for spec in cfg.layers}}
+        blocks = None if images is None else images.blocks
+        masks = {w: attention_mask(cache, t, w, blocks) for w in {spec.attention.window for spec in cfg.layers}}
         ropes = {key: rope_cos_sin(key[0], key[1], cfg.max_position_embeddings, positions, self.dtype)
                  for key in {_rope_key(cfg, spec) for spec in cfg.layers} if key is not None}
         x = self.model.embed_tokens(tokens)
@@ -166,6 +184,10 @@ class CausalLM(nnx.Module):
             x = x * jnp.asarray(cfg.embedding_multiplier, x.dtype)
         if cfg.position_embedding == "learned":
             x = x + self.model.embed_positions(positions)
+        if images is not None:  # after the embedding scale, as transformers' masked_scatter of the features
+            features = self.vision(images.pixel_values, images.target_sizes).astype(x.dtype)  # [N, hidden]
+            taken = jnp.take(features, jnp.maximum(images.slots, 0), axis=0)
+            x = jnp.where(images.slots[..., None] >= 0, taken, x)
         per_layer = self._per_layer_inputs(tokens, x) if cfg.per_layer_input_size else None
         keys, values = list(cache.keys), list(cache.values)
         conv, rec = list(cache.conv), list(cache.recurrent)

@@ -9,11 +9,27 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 from jax import Array
 
 from jaxgen.config import NormSpec, VisionConfig
 from jaxgen.nn.layers import ACTIVATIONS, linear, norm
+
+
+@struct.dataclass
+class ImageInputs:
+    """What a prompt's images add to its prefill (built host-side by :mod:`jaxgen.api.images`).
+
+    ``pixel_values``: the processor's, as it returns them; ``slots`` int32 ``[B, T]``: the row of the image
+    features each prompt position takes (-1: a text token keeps its embedding); ``blocks`` int32 ``[B, T]`` or
+    None: Gemma 3's bidirectional blocks (the tokens of one image attend to each other; -1 elsewhere);
+    ``target_sizes``: static, MiniCPM-V's ``(h, w)`` patch grid per image slice.
+    """
+
+    pixel_values: Array
+    slots: Array
+    blocks: Array | None = None
+    target_sizes: tuple = struct.field(pytree_node=False, default=())
 
 
 def patchify(pixels: Array, patch: int) -> Array:
