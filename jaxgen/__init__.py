@@ -23,6 +23,7 @@ _EXPORTS = {
     "load_model": "jaxgen.loading",
     "generate": "jaxgen.api.generate", "compile_count": "jaxgen.api.generate", "lower": "jaxgen.api.generate",
     "GenerationConfig": "jaxgen.api.generation_config",
+    "PRESETS": "jaxgen.api.presets", "preset": "jaxgen.api.presets",
     "GenerationOutput": "jaxgen.api.outputs",
     "ScoreOutput": "jaxgen.api.scoring", "score": "jaxgen.api.scoring",
     "TextGeneration": "jaxgen.text.generate_text", "generate_text": "jaxgen.text.generate_text",
