@@ -35,6 +35,7 @@ SCALE_RESOLUTION = 112  # a source image / slice is resized to about 112x112 px:
 MAX_SLICE_NUMS = 4
 VISION_IMAGE_SIZE = 98  # the learned position table is 7x7: grids of 8 patches per side map to it by nearest bucket
 INSERT_LAYER_ID = 1  # the window merger runs after vision layer 1 of 3 (layer 2 sees the merged tokens)
+INIT_RANGE = 0.2  # std of the random weights
 
 # ---- the tokenizer's special tokens, in id order (ids 0..11), then the 256 byte symbols ----------------------
 PAD, EOS, IM_START, UNK = "<|endoftext|>", "<|im_end|>", "<|im_start|>", "<unk>"
@@ -172,19 +173,19 @@ def minicpmv_config(tokenizer, **overrides) -> transformers.MiniCPMV4_6Config:
                                           "linear_attention"],
         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
         linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=16,
-        linear_conv_kernel_dim=4, max_position_embeddings=1024, initializer_range=0.25,
+        linear_conv_kernel_dim=4, max_position_embeddings=1024, initializer_range=INIT_RANGE,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     vision = dict(
         hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, num_channels=3,
-        image_size=VISION_IMAGE_SIZE, patch_size=PATCH_SIZE, initializer_range=0.25,
+        image_size=VISION_IMAGE_SIZE, patch_size=PATCH_SIZE, initializer_range=INIT_RANGE,
     )
     fields = dict(insert_layer_id=INSERT_LAYER_ID, image_size=SCALE_RESOLUTION, downsample_mode="16x",
                   merger_times=1)
     fields.update(overrides)
     return transformers.MiniCPMV4_6Config(
         text_config=text, vision_config=vision, image_token_id=tokenizer.image_token_id,
-        video_token_id=tokenizer.video_token_id, initializer_range=0.25,
+        video_token_id=tokenizer.video_token_id, initializer_range=INIT_RANGE,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **fields,
     )
 

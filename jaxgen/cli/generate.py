@@ -9,6 +9,7 @@ import secrets
 import sys
 import threading
 
+from jaxgen.api.presets import PRESETS, preset
 from jaxgen.cli.common import (SEED_LIMIT, UserError, add_common, add_generation_flags, bounded_int, check_prompts,
                                collect_prompts, json_line, load, overrides, parse_mesh, quote, seed_int)
 
@@ -25,8 +26,15 @@ def add_parser(sub) -> None:
     g.add_argument("--distributed", action="store_true",
                    help="multi-host: call jax.distributed.initialize() first (see README); process 0 prints")
     g.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
+    g.add_argument("--image", action="append", default=[], metavar="FILE",
+                   help="an image for every prompt (repeat for several); the checkpoint's processor prepares it and "
+                        "its chat template places it before the prompt text (Gemma 3, MiniCPM-V 4.6)")
     g.add_argument("--stream-every", "--stream_every", dest="stream_every", type=bounded_int(1), default=4,
                    metavar="K", help="hand text to the terminal every K tokens (default 4)")
+    g.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="named settings: omnilmm = OmniLMM's deterministic mode (beam search, 3 beams, repetition "
+                        "penalty 1.2); omnilmm-sampling = its sampling mode (top-p 0.8, top-k 100, temperature 0.7, "
+                        "repetition penalty 1.05; seeded with --seed). Other options apply on top")
     add_generation_flags(g)
     g.set_defaults(run=run)
 
@@ -61,10 +69,29 @@ def run(args: argparse.Namespace) -> int:
     from jaxgen.text.tokenizer import encode_prompts
 
     prompts = collect_prompts(args)
+    images, processor = None, None
+    if args.image:  # read and checked before the weights load
+        from jaxgen.loading import resolve_model_path
+        from jaxgen.text.images import encode_with_images, load_images, load_processor
+
+        if args.ids:
+            raise UserError("--image needs text prompts (the chat template places the images); drop --ids.")
+        images = load_images(args.image)
+        processor = load_processor(resolve_model_path(args.model))
     model, tokenizer = load(args, prompts)
-    cfg = resolve_config(model, None, overrides(args))  # validates every option before anything compiles
+    if images is not None and model.config.vision is None:
+        raise UserError(f"--image: this {model.config.wrapper or model.config.model_type} model reads no images "
+                        "(jaxgen reads the images of gemma3 and minicpmv4_6 checkpoints).")
+    options = {**(preset(args.preset) if args.preset else {}), **overrides(args)}  # flags win over a preset
+    cfg = resolve_config(model, None, options)  # validates every option before anything compiles
     cfg = _with_tokenizer_pad(cfg, tokenizer, model.config.vocab_size)
-    encoded = encode_prompts(tokenizer, prompts, chat=args.chat)
+    if images is None:
+        encoded = encode_prompts(tokenizer, prompts, chat=args.chat)
+    else:
+        encoded = []  # the processor's tokens, image placeholders included, for the length checks
+        for p in prompts:
+            x = encode_with_images(processor, [p], images)
+            encoded.append(x["input_ids"][0][x["attention_mask"][0] == 1].tolist())
     check_prompts(model, prompts, encoded)
     if cfg.max_new_tokens is None:  # transformers' max_length rule: prompt + new tokens
         for i, ids in enumerate(encoded):
@@ -89,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.json and len(prompts) > 1:
             print(f"=== prompt {i}: {quote(prompt) if isinstance(prompt, str) else prompt}", file=out, flush=True)
         # Show the prompt then its continuation, as a person reads it (not for --json, chat or several returns).
-        echo = not args.json and not args.chat and isinstance(prompt, str) and cfg.num_return_sequences == 1
+        echo = (not args.json and not args.chat and images is None and isinstance(prompt, str)
+                and cfg.num_return_sequences == 1)
         if echo:
             print(prompt, end="", file=out, flush=True)
 
@@ -104,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
                     pass
 
         results = generate_text(model, tokenizer, [prompt], chat=args.chat, config=cfg, key=key,
-                                streamer=streamer if stream else None, stream_every=args.stream_every)
+                                streamer=streamer if stream else None, stream_every=args.stream_every,
+                                images=images, processor=processor)
         for r, res in enumerate(results):
             if args.json:
                 record = dict(seed=seed, config=echoed, prompt=res.prompt, **{

@@ -75,7 +75,8 @@ def _text_ids(row: np.ndarray, steps: int, eos: set[int]) -> np.ndarray:
 
 def generate_text(model: Model, tokenizer, prompts: str | Sequence[str | Sequence[int]], *, chat: bool = False,
                   config: GenerationConfig | None = None, key: Any = None, streamer: TextStreamer | None = None,
-                  stream_every: int = 8, **overrides: Any) -> list[TextGeneration]:
+                  stream_every: int = 8, images: Sequence[Any] | None = None, processor: Any = None,
+                  **overrides: Any) -> list[TextGeneration]:
     """Generate from text prompts; returns one :class:`TextGeneration` per returned sequence (prompt order,
     ``num_return_sequences`` adjacent per prompt).
 
@@ -84,14 +85,26 @@ def generate_text(model: Model, tokenizer, prompts: str | Sequence[str | Sequenc
     ``key`` and ``overrides`` as in :func:`jaxgen.api.generate` (``top_logprobs=k`` fills the alternatives).
     ``streamer(sequence_index, new_text)`` receives text as it is produced, every ``stream_every`` steps from
     inside the compiled loop (beam search: once at the end); the pieces of one sequence concatenate to its
-    ``text``.
+    ``text``. ``images`` (PIL images; Gemma 3, MiniCPM-V 4.6 checkpoints): every prompt becomes one chat turn
+    holding those images then its text, prepared by ``processor`` (the checkpoint's ``AutoProcessor``;
+    :func:`jaxgen.text.images.load_processor`).
     """
     if isinstance(prompts, str) or (is_ids(prompts) and len(prompts)):
         prompts = [prompts]
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts given.")
-    encoded = encode_prompts(tokenizer, prompts, chat=chat)
+    image_args = {}
+    if images:
+        if processor is None:
+            raise ValueError("images need the checkpoint's processor: pass processor=load_processor(folder).")
+        from jaxgen.text.images import encode_with_images
+
+        inputs = encode_with_images(processor, prompts, images)
+        encoded = [row[m == 1].tolist() for row, m in zip(inputs["input_ids"], inputs["attention_mask"])]
+        image_args = {k: inputs[k] for k in ("pixel_values", "token_type_ids", "target_sizes") if k in inputs}
+    else:
+        encoded = encode_prompts(tokenizer, prompts, chat=chat)
     cfg = resolve_config(model, config, overrides)
     eos = set(cfg.eos_token_ids)
     if cfg.pad_token_id is None:
@@ -100,6 +113,9 @@ def generate_text(model: Model, tokenizer, prompts: str | Sequence[str | Sequenc
         cfg = cfg.replace(pad_token_id=int(pad))
     b = len(encoded)
     ids, mask = left_pad(encoded, cfg.pad_token_id)
+    if "token_type_ids" in image_args:  # the processor's rows, re-padded as ids are
+        image_args["token_type_ids"] = left_pad([row[m == 1].tolist() for row, m in zip(
+            image_args["token_type_ids"], inputs["attention_mask"])], 0)[0]
     r = cfg.num_return_sequences
     rows = b * r
 
@@ -114,7 +130,7 @@ def generate_text(model: Model, tokenizer, prompts: str | Sequence[str | Sequenc
     low_streamer = stream_text if decoders else None
 
     out = generate(model, ids, mask, config=cfg, key=key, streamer=low_streamer, stream_every=stream_every,
-                   tokenizer=tokenizer)
+                   tokenizer=tokenizer, **image_args)
     new = np.asarray(out.new_tokens)
     num = np.asarray(out.num_generated)
     lps = np.asarray(out.token_logprobs)
