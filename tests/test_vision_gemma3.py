@@ -186,3 +186,50 @@ def test_conversion_round_trip_keeps_the_vision_side(tmp_path):
     assert set(written) == set(want)
     for k in want:
         np.testing.assert_array_equal(written[k], want[k], err_msg=k)
+
+
+# --- the CLI ---------------------------------------------------------------------------------------------------------
+
+def _cli(capsys, *argv) -> tuple[int, str, str]:
+    from jaxgen.cli import app
+
+    code = app.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_image_matches_the_python_api(tmp_path, capsys):
+    import json
+
+    folder, _, model, proc = vlm()
+    path = tmp_path / "photo.png"
+    image(5).save(path)
+    code, out, err = _cli(capsys, "generate", "--model", folder, "--image", str(path), "--image", str(path),
+                          "What is in this picture?", "--preset", "omnilmm", "--max-new-tokens", "5", "--json",
+                          "--top-logprobs", "2")
+    assert code == 0, err
+    record = json.loads(out.strip().splitlines()[-1])
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "image"},
+                                                 {"type": "text", "text": "What is in this picture?"}]}]
+    text = proc.apply_chat_template(conversation, add_generation_prompt=True)
+    inputs = proc(text=[text], images=[[Image.open(path).convert("RGB")] * 2], return_tensors="np",
+                  add_special_tokens=False)
+    want = jaxgen.generate(model, **{k: np.asarray(v) for k, v in inputs.items()}, **jaxgen.PRESETS["omnilmm"],
+                           max_new_tokens=5, top_logprobs=2)
+    assert [t["id"] for t in record["tokens"]] == np.asarray(want.new_tokens)[0, :int(want.num_generated[0])].tolist()
+    assert record["config"]["num_beams"] == 3 and record["config"]["repetition_penalty"] == 1.2
+    assert len(record["tokens"][0]["alternatives"]) == 2
+
+
+def test_cli_image_errors(tmp_path, capsys):
+    folder, _, _, _ = vlm()
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    code, _, err = _cli(capsys, "generate", "--model", folder, "--image", str(bad), "hi")
+    assert code != 0 and "not a readable image" in err
+    code, _, err = _cli(capsys, "generate", "--model", folder, "--image", str(tmp_path / "missing.png"), "hi")
+    assert code != 0 and "no such image file" in err
+    good = tmp_path / "ok.png"
+    image(1).save(good)
+    code, _, err = _cli(capsys, "generate", "--image", str(good), "hi")  # the bundled text model has no processor
+    assert code != 0 and "no processor" in err

@@ -35,7 +35,10 @@ SCALE_RESOLUTION = 112  # a source image / slice is resized to about 112x112 px:
 MAX_SLICE_NUMS = 4
 VISION_IMAGE_SIZE = 98  # the learned position table is 7x7: grids of 8 patches per side map to it by nearest bucket
 INSERT_LAYER_ID = 1  # the window merger runs after vision layer 1 of 3 (layer 2 sees the merged tokens)
-INIT_RANGE = 0.2  # std of the random weights
+INIT_RANGE = 0.25  # std of the random weights
+# A trained projector maps image features to about the scale of the token embeddings; a random one overshoots it
+# by ~10x (std INIT_RANGE over 4 * 32 inputs, twice): the last projection is scaled down by this much.
+FEATURE_SCALE = 0.125
 
 # ---- the tokenizer's special tokens, in id order (ids 0..11), then the 256 byte symbols ----------------------
 PAD, EOS, IM_START, UNK = "<|endoftext|>", "<|im_end|>", "<|im_start|>", "<unk>"
@@ -193,7 +196,8 @@ def minicpmv_config(tokenizer, **overrides) -> transformers.MiniCPMV4_6Config:
 def minicpmv_checkpoint(folder: str, seed: int = 0, **overrides) -> transformers.MiniCPMV4_6ForConditionalGeneration:
     """Build a tiny random MiniCPM-V 4.6, save it and its processor into ``folder``, return the model (eval, float32).
 
-    Every 1-D parameter (norm weights, biases) gets ``0.3 * randn`` added, so a dropped or swapped one shows.
+    Every 1-D parameter (norm weights, biases) gets ``0.3 * randn`` added, so a dropped or swapped one shows; the
+    merger's last projection is scaled by ``FEATURE_SCALE`` (image features at the token embeddings' scale).
     ``overrides`` go to :func:`minicpmv_config` (the processor keeps "16x" token counts; pass
     ``downsample_mode="4x"`` to the processor call as well when the model uses it)."""
     processor = build_processor()
@@ -205,6 +209,9 @@ def minicpmv_checkpoint(folder: str, seed: int = 0, **overrides) -> transformers
         for p in model.parameters():
             if p.ndim == 1:
                 p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype))
+        last = model.model.merger.mlp[-1].linear_2
+        last.weight.mul_(FEATURE_SCALE)
+        last.bias.mul_(FEATURE_SCALE)
     model.eval()
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
