@@ -144,7 +144,7 @@ def test_downsample_mode_from_config_and_eager(checkpoint):
     got = np.asarray(four(pixels, sizes))
     assert got.shape == want.shape == (100, model.config.text_config.hidden_size)
     assert float(np.abs(got - want).max()) <= TOL
-    np.testing.assert_allclose(np.asarray(encode(encoder, pixels, sizes, "4x")), got, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(np.asarray(encode(encoder, pixels, sizes, "4x")), got, atol=TOL, rtol=0)
 
 
 def test_packed_and_padded_layouts_agree(checkpoint, monkeypatch):

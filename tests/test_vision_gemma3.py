@@ -233,3 +233,18 @@ def test_cli_image_errors(tmp_path, capsys):
     image(1).save(good)
     code, _, err = _cli(capsys, "generate", "--image", str(good), "hi")  # the bundled text model has no processor
     assert code != 0 and "no processor" in err
+
+
+def test_crosscheck_with_an_image_is_identical(tmp_path, capsys):
+    import json
+
+    folder, _, _, _ = vlm()
+    path = tmp_path / "photo.png"
+    image(7).save(path)
+    code, out, err = _cli(capsys, "crosscheck", "--model", folder, "--image", str(path), "What is this?",
+                          "--max-new-tokens", "5", "--json")
+    assert code == 0, out + err
+    report = json.loads(out)
+    assert [r["verdict"] for r in report["results"]] == ["identical"] * 3
+    assert report["settings"]["images"] == 1
+    assert all(r["prefill_max_abs_diff"] < 1e-4 for r in report["results"])

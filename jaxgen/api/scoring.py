@@ -17,11 +17,13 @@ import numpy as np
 from flax import struct
 from jax import Array
 
+from jaxgen.api.images import check_images, model_ids
 from jaxgen.api.inputs import bucket, check_tokens, model_tokens, to_device
 from jaxgen.decode.loop import nonfinite_rows, prompt_positions
 from jaxgen.decode.topk import top_k
 from jaxgen.errors import NonFiniteLogitsError
 from jaxgen.model import Model, make_step
+from jaxgen.nn.vision import ImageInputs
 
 __all__ = ["ScoreOutput", "forward_logits", "score"]
 
@@ -48,8 +50,9 @@ class ScoreOutput:
         return jnp.nansum(self.token_logprobs, axis=-1)
 
 
-def _check(model: Model, input_ids: Any, attention_mask: Any) -> tuple[np.ndarray, np.ndarray]:
-    ids, mask = check_tokens(model.config, input_ids, attention_mask, left_padded=False)
+def _check(model: Model, input_ids: Any, attention_mask: Any,
+           extra_ids: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    ids, mask = check_tokens(model.config, input_ids, attention_mask, left_padded=False, extra_ids=extra_ids)
     longest = int(mask.sum(axis=1).max())
     if longest > model.config.max_position_embeddings:
         raise ValueError(f"a row has {longest} tokens, more than the model's context "
@@ -79,8 +82,8 @@ def _bucketed(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _logits(graphdef, params, ids: Array, mask: Array) -> Array:
-    logits, _ = make_step(graphdef)(params, ids, prompt_positions(mask), None, mask)
+def _logits(graphdef, params, ids: Array, mask: Array, images: ImageInputs | None = None) -> Array:
+    logits, _ = make_step(graphdef)(params, ids, prompt_positions(mask), None, mask, None, images)
     return logits
 
 
@@ -125,14 +128,24 @@ def score(model: Model, input_ids: Any, attention_mask: Any = None, top_logprobs
                        top_logprobs=to_device(top_lp), input_ids=to_device(ids), attention_mask=to_device(mask))
 
 
-def forward_logits(model: Model, input_ids: Any, attention_mask: Any = None) -> Array:
+def forward_logits(model: Model, input_ids: Any, attention_mask: Any = None, *, pixel_values: Any = None,
+                   token_type_ids: Any = None, target_sizes: Any = None) -> Array:
     """float32 ``[B, T, V]``: the model's logits at every position (the full tensor: mind the memory).
 
     Same conventions and buckets as :func:`score`; used by ``jaxgen.crosscheck`` to compare logits directly.
+    Images as in :func:`jaxgen.generate` (the processor's ``pixel_values`` and ``token_type_ids`` /
+    ``target_sizes``).
     """
-    ids, mask = _check(model, input_ids, attention_mask)
+    vision = model.config.vision
+    ids, mask = _check(model, input_ids, attention_mask, (vision.image_token_id,) if vision is not None else ())
+    host = check_images(model.config, ids, mask, pixel_values, token_type_ids, target_sizes)
     b, t = ids.shape
-    ids_b, mask_b = _bucketed(ids, mask)
-    logits = np.asarray(_logits(model.graphdef, model.params, ids_b, mask_b))[:b, :t]
+    ids_b, mask_b = _bucketed(model_ids(model.config, ids, host), mask)
+    images = None
+    if host is not None:
+        pad = lambda x: np.pad(x, ((0, ids_b.shape[0] - b), (0, ids_b.shape[1] - t)), constant_values=-1)  # noqa
+        images = ImageInputs(pixel_values=host.pixel_values, slots=pad(host.slots),
+                             blocks=None if host.blocks is None else pad(host.blocks), target_sizes=host.target_sizes)
+    logits = np.asarray(_logits(model.graphdef, model.params, ids_b, mask_b, images))[:b, :t]
     _raise_if_nonfinite(np.any(np.isnan(logits) | (logits == np.inf), axis=-1) & (mask > 0), model)
     return to_device(logits)

@@ -22,6 +22,9 @@ def add_parser(sub) -> None:
     c.add_argument("--num-beams", "--num_beams", dest="num_beams", type=bounded_int(1), default=3, metavar="N")
     c.add_argument("--seeds", default="0", help="comma-separated sampling seeds, each 0 <= seed < 2**32 (default 0)")
     c.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
+    c.add_argument("--image", action="append", default=[], metavar="FILE",
+                   help="an image for every prompt (repeat for several), through the checkpoint's processor and chat "
+                        "template on both sides (Gemma 3, MiniCPM-V 4.6)")
     for name, typ in (("temperature", float), ("top_k", int), ("top_p", float), ("min_p", float)):
         c.add_argument(f"--{name.replace('_', '-')}", *([f"--{name}"] if "_" in name else []), dest=name, type=typ,
                        default=None, help=f"sampling {name} (default: the checkpoint's, else transformers')")
@@ -64,8 +67,13 @@ def run(args: argparse.Namespace) -> int:
     seeds = _seeds(args.seeds)
     sample_config = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "min_p")
                      if getattr(args, k) is not None}
+    images = None
+    if args.image:
+        from jaxgen.text.images import load_images
+
+        images = load_images(args.image)
     report = compare(model, prompts, modes=modes, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
                      seeds=seeds, num_beams=args.num_beams, sample_config=sample_config, chat=args.chat,
-                     jax_model_dir=args.jax_model)
+                     jax_model_dir=args.jax_model, images=images)
     print(report.to_json() if args.json else report.table(), flush=True)
     return 1 if report.has_mismatch else 0

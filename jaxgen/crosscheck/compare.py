@@ -79,7 +79,8 @@ def compare(hf_dir: str, prompts: Sequence[str | Sequence[int]], modes: Sequence
             dtype: str = "float32", max_new_tokens: int = 16, seeds: Sequence[int] = (0,), *,
             num_beams: int = 3, num_return_sequences: int | None = None, sample_config: dict | None = None,
             chat: bool = False, jax_model_dir: str | None = None, tolerances: Tolerances | None = None,
-            hf_model: Any = None, jax_model: Any = None, tokenizer: Any = None) -> CrosscheckReport:
+            hf_model: Any = None, jax_model: Any = None, tokenizer: Any = None,
+            images: Sequence[Any] | None = None) -> CrosscheckReport:
     """Run transformers and jaxgen on ``prompts`` and compare them; see the module docstring.
 
     ``hf_dir``: the Hugging Face checkpoint folder (transformers' side). ``jax_model_dir``: jaxgen's side (default
@@ -88,7 +89,9 @@ def compare(hf_dir: str, prompts: Sequence[str | Sequence[int]], modes: Sequence
     ``modes``: any of "greedy", "beam", "sample". ``seeds``: sampling seeds; prompt ``i`` with seed ``s`` uses the
     row key ``fold_in(key(s), i)``. ``sample_config``: e.g. ``dict(temperature=0.7, top_k=20, top_p=0.9,
     min_p=0.05)``. Both sides start from the checkpoint's ``generation_config.json``, as their ``generate`` do.
-    ``hf_model`` / ``jax_model`` / ``tokenizer``: already loaded objects to reuse (skip loading).
+    ``hf_model`` / ``jax_model`` / ``tokenizer``: already loaded objects to reuse (skip loading). ``images``
+    (PIL images): every prompt becomes one chat turn holding them, through the checkpoint's processor, on both
+    sides (transformers' ``AutoModelForImageTextToText``).
     """
     import jaxgen
     from jaxgen.api.generate import resolve_config
@@ -113,8 +116,13 @@ def compare(hf_dir: str, prompts: Sequence[str | Sequence[int]], modes: Sequence
 
     if jax_model is None:
         jax_model = jaxgen.load_model(jax_model_dir or hf_dir, dtype=dtype)
+    processor = None
+    if images:
+        from jaxgen.text.images import load_processor
+
+        processor = load_processor(hf_dir)
     if hf_model is None:
-        hf_model = load_hf(hf_dir, dtype)
+        hf_model = load_hf(hf_dir, dtype, images=bool(images))
     hf_vocab = hf_model.config.get_text_config().vocab_size  # a multimodal model keeps it in text_config
     if hf_vocab != jax_model.config.vocab_size:
         raise CrosscheckError(f"vocab sizes differ: transformers {hf_vocab}, jaxgen "
@@ -125,12 +133,24 @@ def compare(hf_dir: str, prompts: Sequence[str | Sequence[int]], modes: Sequence
             raise CrosscheckError(f"{hf_dir} has no tokenizer, so text prompts cannot be encoded; give token-id "
                                   "prompts (lists of ints, or --ids on the command line).")
         tokenizer = load_tokenizer(hf_dir)
-    encoded = encode_prompts(tokenizer, prompts, chat=chat)
+    image_inputs: list[dict] = [{} for _ in prompts]
+    if images:
+        from jaxgen.text.images import encode_with_images
+
+        encoded = []
+        for i, p in enumerate(prompts):
+            inputs = encode_with_images(processor, [p], images)
+            encoded.append(inputs.pop("input_ids")[0].tolist())
+            inputs.pop("attention_mask", None)
+            image_inputs[i] = inputs
+    else:
+        encoded = encode_prompts(tokenizer, prompts, chat=chat)
     sides = Sides(hf_model, jax_model)
     results: list[ModeResult] = []
 
     for pi, (prompt, ids) in enumerate(zip(prompts, encoded)):
         prefill_cache: dict[str, float] = {}
+        sides.images = image_inputs[pi]
         for mode in modes:
             runs = seeds if mode == "sample" else (None,)
             for seed in runs:
@@ -160,7 +180,8 @@ def compare(hf_dir: str, prompts: Sequence[str | Sequence[int]], modes: Sequence
     return CrosscheckReport(model=str(hf_dir), jax_model=str(jax_model_dir or hf_dir), dtype=dtype,
                             max_new_tokens=max_new_tokens, tolerances=tol, results=results,
                             settings=dict(modes=list(modes), seeds=list(seeds), num_beams=num_beams,
-                                          sample_config=sample_config, chat=chat, versions=_versions()))
+                                          sample_config=sample_config, chat=chat or bool(images),
+                                          images=len(images or ()), versions=_versions()))
 
 
 def _versions() -> dict[str, str]:
@@ -201,13 +222,14 @@ def _run_mode(sides: Sides, mode: str, pi: int, prompt, ids: list[int], cfg, see
                                          top_p=cfg.top_p, min_p=cfg.min_p)
         hf_kwargs.update(extra)
 
-    out = jaxgen.generate(sides.jax, p_ids, config=cfg, key=key)
+    out = jaxgen.generate(sides.jax, p_ids, config=cfg, key=key, **sides.image_kwargs(t))
     new = np.asarray(out.new_tokens)
     num = np.asarray(out.num_generated)
     jax_seqs = [[int(x) for x in new[i, :num[i]]] for i in range(new.shape[0])]
 
     with torch.no_grad():
-        hf_out = sides.hf.generate(torch_ids, attention_mask=torch.ones_like(torch_ids), **hf_kwargs)
+        extra = {k: torch.tensor(v) for k, v in sides.image_kwargs(t).items()}
+        hf_out = sides.hf.generate(torch_ids, attention_mask=torch.ones_like(torch_ids), **hf_kwargs, **extra)
     hf_new = hf_out.sequences[:, t:].numpy()
     hf_seqs = [_cut(row, eos) for row in hf_new]
 

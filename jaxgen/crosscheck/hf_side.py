@@ -19,6 +19,16 @@ class Sides:
 
     def __init__(self, hf_model, jax_model):
         self.hf, self.jax = hf_model, jax_model
+        self.images: dict[str, np.ndarray] = {}  # the current prompt's processor outputs beyond its ids
+
+    def image_kwargs(self, length: int) -> dict[str, np.ndarray]:
+        """The current prompt's image inputs for a sequence of ``length`` tokens that starts with the prompt
+        (``token_type_ids`` extended with text zeros)."""
+        kw = dict(self.images)
+        if "token_type_ids" in kw:
+            tt = kw["token_type_ids"]
+            kw["token_type_ids"] = np.pad(tt, ((0, 0), (0, length - tt.shape[1])))
+        return kw
 
     def hf_logits(self, seqs: list[list[int]]) -> list[np.ndarray]:
         import torch
@@ -26,7 +36,8 @@ class Sides:
         out = []
         with torch.no_grad():
             for s in seqs:
-                logits = self.hf(input_ids=torch.tensor([s], dtype=torch.long)).logits[0]
+                extra = {k: torch.tensor(v) for k, v in self.image_kwargs(len(s)).items()}
+                logits = self.hf(input_ids=torch.tensor([s], dtype=torch.long), **extra).logits[0]
                 out.append(logits.float().numpy())
         return out
 
@@ -35,7 +46,8 @@ class Sides:
 
         # One sequence at a time, like the transformers side: every call of a cross-check then shares one
         # compiled program per length bucket, whatever the number of sequences a mode returns.
-        return [np.asarray(forward_logits(self.jax, np.asarray([s], np.int32)))[0] for s in seqs]
+        return [np.asarray(forward_logits(self.jax, np.asarray([s], np.int32), **self.image_kwargs(len(s))))[0]
+                for s in seqs]
 
 def hf_generate_kwargs(cfg, max_new: int, prompt_length: int | None = None, tokenizer=None) -> dict[str, Any]:
     """``model.generate`` arguments for jaxgen's ``cfg``: transformers' own options as they are; vLLM's
@@ -89,13 +101,14 @@ def presence_frequency_processor(prompt_length: int | None, presence: float, fre
     return PresenceFrequencyPenalty()
 
 
-def load_hf(hf_dir: str, dtype: str):
+def load_hf(hf_dir: str, dtype: str, images: bool = False):
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    auto = AutoModelForImageTextToText if images else AutoModelForCausalLM
     try:
-        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch_dtype, local_files_only=True)
+        model = auto.from_pretrained(hf_dir, dtype=torch_dtype, local_files_only=True)
     except Exception as e:  # transformers raises OSError, ValueError, KeyError... for folders it cannot read
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CrosscheckError(f"{hf_dir}: transformers cannot load this model: {first}") from e
