@@ -173,13 +173,35 @@ def gemma3_vision_shapes(v: VisionConfig) -> Shapes:
     return out
 
 
+def minicpmv_vision_shapes(v: VisionConfig) -> Shapes:
+    """jaxgen.nn.minicpmv.MiniCPMVImageEncoder's parameters (below ``vision.``): the tower with its 2x2 window
+    merger, then ``merger_times`` downsampling MLPs (the last one projects to the language model's width)."""
+    out: Shapes = {}
+    d, i = v.hidden_size, v.intermediate_size
+    k = v.window_kernel_size[0] * v.window_kernel_size[1]
+    t = "vision_tower"
+    vision_embeddings_shapes(out, f"{t}.embeddings", v)
+    for layer in range(v.num_hidden_layers):
+        vision_encoder_layer_shapes(out, f"{t}.encoder.layers.{layer}", v)
+    _layer_norm(out, f"{t}.post_layernorm", d)
+    m = f"{t}.vit_merger"
+    for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        _dense(out, f"{m}.self_attn.{name}", d, d)
+    _layer_norm(out, f"{m}.layer_norm1", d)
+    _layer_norm(out, f"{m}.pre_norm", d * k)
+    _dense(out, f"{m}.linear_1", d * k, i * k)
+    _dense(out, f"{m}.linear_2", i * k, d)
+    for step in range(v.merger_times):
+        width = d if step < v.merger_times - 1 else v.text_hidden_size
+        _layer_norm(out, f"merger.mlp.{step}.pre_norm", 4 * d)
+        _dense(out, f"merger.mlp.{step}.linear_1", 4 * d, 4 * d)
+        _dense(out, f"merger.mlp.{step}.linear_2", 4 * d, width)
+    return out
+
+
 def vision_shapes(v: VisionConfig) -> Shapes:
     """The image encoder's parameters, below ``vision.``."""
-    if v.kind == "gemma3":
-        return gemma3_vision_shapes(v)
-    from checkpoints_convert.shapes_minicpmv import minicpmv_shapes
-
-    return minicpmv_shapes(v)
+    return gemma3_vision_shapes(v) if v.kind == "gemma3" else minicpmv_vision_shapes(v)
 
 
 def param_shapes(config: ModelConfig) -> Shapes:

@@ -2,7 +2,7 @@
 
 A tiny random checkpoint with a real processor (tests/vlm_minicpmv.py); the processor's own ``pixel_values`` /
 ``target_sizes`` go into both; the features (``torch.cat`` of ``pooler_output``) must agree to 1e-5 in float32.
-The HF -> jaxgen renaming here is the test's own (the conversion code builds on ``minicpmv_param_shapes``).
+The HF -> jaxgen renaming here is the test's own (the conversion code builds on ``checkpoints_convert.shapes.minicpmv_vision_shapes``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from flax import nnx  # noqa: E402
 import vlm_minicpmv as vlm  # noqa: E402
 from jaxgen.config import VisionConfig  # noqa: E402
 from jaxgen.nn import minicpmv  # noqa: E402
-from jaxgen.nn.minicpmv import MiniCPMVImageEncoder, minicpmv_param_shapes  # noqa: E402
+from checkpoints_convert.shapes import minicpmv_vision_shapes as minicpmv_param_shapes  # noqa: E402
+from jaxgen.nn.minicpmv import MiniCPMVImageEncoder  # noqa: E402
 
 TOL = 1e-5
 
@@ -126,6 +127,7 @@ def test_features_match_transformers(checkpoint, case):
 
     want = hf_features(model, inputs, mode)
     target_sizes = minicpmv.static_sizes(inputs["target_sizes"])
+    assert minicpmv.num_image_features(encoder.config, target_sizes, mode) == n_tokens
     got = np.asarray(encode(encoder, jnp.asarray(inputs["pixel_values"].numpy()), target_sizes, mode))
     assert got.shape == want.shape == (n_tokens, model.config.text_config.hidden_size)
     err = float(np.abs(got - want).max())
@@ -163,7 +165,7 @@ def test_packed_and_padded_layouts_agree(checkpoint, monkeypatch):
             if self.padded:  # redo as one packed row with a segment per slice
                 self.padded = False
                 lengths = [h * w for h, w in sizes]
-                self.segments = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)[None]
+                self.segments = jnp.asarray(np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)[None])
 
     monkeypatch.setattr(minicpmv, "_Layout", Packed)
     got = np.asarray(encoder(pixels, sizes))

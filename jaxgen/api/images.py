@@ -72,15 +72,15 @@ def _feature_count(v: VisionConfig, pixels: np.ndarray, sizes: tuple[tuple[int, 
     if not sizes:
         raise ValueError("MiniCPM-V inputs need target_sizes (the patch grid of every image slice) beside "
                          "pixel_values: pass everything the processor returned.")
-    kh, kw = v.window_kernel_size
+    factor = 2 ** (v.merger_times + (v.downsample_mode != "4x"))  # every 2x2 merge halves both sides
     for h, w in sizes:
-        if v.downsample_mode != "4x" and (h % kh or w % kw):
-            raise ValueError(f"target_sizes holds a slice of {h}x{w} patches, which the window merger's "
-                             f"{kh}x{kw} kernel does not tile; pass what the processor returned.")
+        if h % factor or w % factor:
+            raise ValueError(f"target_sizes holds a slice of {h}x{w} patches, which MiniCPM-V's 2x2 merges "
+                             f"({factor}x{factor} in all) do not tile; pass what the processor returned.")
     patches = sum(h * w for h, w in sizes)
-    if pixels.ndim != 4 or pixels.shape[1:3] != (c, p) or pixels.shape[3] < patches * p:
+    if pixels.shape != (1, c, p, patches * p):
         raise ValueError(f"pixel_values has shape {pixels.shape}; for target_sizes covering {patches} patches "
-                         f"MiniCPM-V reads NaViT-packed pixels [1, {c}, {p}, >= {patches * p}], as its processor "
+                         f"MiniCPM-V reads NaViT-packed pixels [1, {c}, {p}, {patches * p}], as its processor "
                          "makes them.")
     return sum(minicpmv_tokens_per_slice(v, h, w) for h, w in sizes)
 

@@ -21,7 +21,7 @@ from flax import nnx
 from jax import Array
 
 from jaxgen.config import VisionConfig
-from jaxgen.nn.layers import ACTIVATIONS, LayerNorm, linear
+from jaxgen.nn.layers import ACTIVATIONS, linear
 from jaxgen.nn.vision import VisionAttention, VisionEmbeddings, VisionEncoderLayer, layer_norm
 
 Sizes = tuple[tuple[int, int], ...]
@@ -97,10 +97,10 @@ class _Layout:
             valid = np.arange(longest)[None, :] < np.asarray(lengths)[:, None]  # [S, L_max]
             self.gather = np.where(valid, starts[:, None] + np.arange(longest)[None, :], 0)  # pads read token 0
             self.scatter = np.flatnonzero(valid)  # packed token -> row of the flattened [S * L_max]
-            self.segments = None if valid.all() else valid.astype(np.int32)
+            self.segments = None if valid.all() else jnp.asarray(valid.astype(np.int32))
         else:
             ids = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)[None]
-            self.segments = ids if len(lengths) > 1 else None
+            self.segments = jnp.asarray(ids) if len(lengths) > 1 else None
 
     def pack(self, x: Array) -> Array:
         """``[T, D]`` -> the attention layout."""
@@ -164,14 +164,14 @@ class MiniCPMVVisionTower(nnx.Module):
         # The packed row is a 1 x T grid of patches: patchify reads them in order.
         x = self.embeddings(pixel_values, positions)[0]
         layout = _Layout(sizes)
-        h = layout.pack(x)
+        h, segments = layout.pack(x), layout.segments
         for i, layer in enumerate(self.encoder.layers):
-            h = layer(h, None if layout.segments is None else jnp.asarray(layout.segments))
+            h = layer(h, segments)
             if use_merger and i == self.insert_layer_id:
                 x = self.vit_merger(layout.unpack(h), block_index(sizes, self.window))
                 sizes = _shrink(sizes, self.window)
-                layout = _Layout(sizes)
-                h = layout.pack(x)
+                layout = _Layout(sizes)  # the merged tokens: a quarter per slice, a new layout
+                h, segments = layout.pack(x), layout.segments
         return self.post_layernorm(layout.unpack(h))
 
 
@@ -181,7 +181,7 @@ class DownsampleMLP(nnx.Module):
 
     def __init__(self, hidden: int, out: int, *, dtype, param_dtype, precision, rngs: nnx.Rngs):
         merged = 4 * hidden
-        self.pre_norm = LayerNorm(merged, MERGE_EPS, param_dtype=param_dtype)
+        self.pre_norm = layer_norm(merged, MERGE_EPS, param_dtype)
         self.linear_1 = linear(merged, merged, True, dtype, param_dtype, precision, rngs)
         self.linear_2 = linear(merged, out, True, dtype, param_dtype, precision, rngs)
 
@@ -274,43 +274,8 @@ def _check_inputs(c: VisionConfig, shape: tuple[int, ...], sizes: Sizes, use_mer
                          f"{c.merger_times} 2x2 merge(s)).")
 
 
-def minicpmv_param_shapes(config: VisionConfig) -> dict[str, tuple[int, ...]]:
-    """Every parameter of :class:`MiniCPMVImageEncoder` as ``dotted name -> shape`` (names relative to the
-    encoder; kernels ``[in, out]``), in plain Python: conversion code uses it without importing jax."""
-    c = config
-    d, i, k = c.hidden_size, c.intermediate_size, c.window_kernel_size[0] * c.window_kernel_size[1]
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def dense(name: str, n_in: int, n_out: int) -> None:
-        shapes[f"{name}.kernel"], shapes[f"{name}.bias"] = (n_in, n_out), (n_out,)
-
-    def norm(name: str, n: int) -> None:
-        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (n,), (n,)
-
-    def attention(prefix: str) -> None:
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            dense(f"{prefix}.{proj}", d, d)
-
-    t = "vision_tower"
-    dense(f"{t}.embeddings.patch_embedding", c.num_channels * c.patch_size ** 2, d)
-    shapes[f"{t}.embeddings.position_embedding.embedding"] = (c.patches_per_side ** 2, d)
-    for layer in range(c.num_hidden_layers):
-        e = f"{t}.encoder.layers.{layer}"
-        norm(f"{e}.layer_norm1", d)
-        attention(f"{e}.self_attn")
-        norm(f"{e}.layer_norm2", d)
-        dense(f"{e}.mlp.fc1", d, i)
-        dense(f"{e}.mlp.fc2", i, d)
-    norm(f"{t}.post_layernorm", d)
-    m = f"{t}.vit_merger"
-    attention(f"{m}.self_attn")
-    norm(f"{m}.layer_norm1", d)
-    norm(f"{m}.pre_norm", d * k)
-    dense(f"{m}.linear_1", d * k, i * k)
-    dense(f"{m}.linear_2", i * k, d)
-    for step in range(c.merger_times):
-        out = d if step < c.merger_times - 1 else c.text_hidden_size
-        norm(f"merger.mlp.{step}.pre_norm", 4 * d)
-        dense(f"merger.mlp.{step}.linear_1", 4 * d, 4 * d)
-        dense(f"merger.mlp.{step}.linear_2", 4 * d, out)
-    return shapes
+def num_image_features(config: VisionConfig, target_sizes, downsample_mode: str | None = None) -> int:
+    """Rows :class:`MiniCPMVImageEncoder` returns for these slices: ``sum(h * w) / 4**(merger_times + 1)`` with
+    the window merger (``"16x"``), ``/ 4**merger_times`` without (``"4x"``). Plain Python."""
+    steps = config.merger_times + ((downsample_mode or config.downsample_mode) != "4x")
+    return sum(h * w for h, w in static_sizes(target_sizes)) // 4 ** steps

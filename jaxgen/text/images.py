@@ -47,12 +47,49 @@ def load_processor(folder: str):
                               "(a `jaxgen convert` output keeps them when the source had them).")
     try:
         processor = transformers.AutoProcessor.from_pretrained(folder)
+    except ImportError as e:
+        processor = _without_video_processor(folder, e)
     except Exception as e:  # noqa: BLE001 (transformers raises many kinds here; say what failed and where)
         raise ImageInputError(f"{folder}: transformers could not load its processor: {e}") from e
     if not hasattr(processor, "image_processor"):
         raise ImageInputError(f"{folder}: its processor ({type(processor).__name__}) has no image processor; this "
                               "checkpoint does not read images.")
     return processor
+
+
+def _without_video_processor(folder: str, error: ImportError):
+    """MiniCPM-V's processor without its video processor, which transformers builds on torchvision (often absent
+    beside a CPU torch). Images never reach the video processor; the constructor only reads two settings of it."""
+    import json
+
+    import transformers
+
+    try:
+        with open(os.path.join(folder, "processor_config.json")) as f:
+            name = json.load(f).get("processor_class")
+    except (OSError, ValueError):
+        name = None
+    if name != "MiniCPMV4_6Processor":
+        raise ImageInputError(f"{folder}: transformers could not load its processor: {error}") from error
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    image_processor = transformers.AutoImageProcessor.from_pretrained(folder)
+
+    class VideoSettings(VideoProcessorMixin):  # what MiniCPMV4_6Processor.__init__ reads
+        slice_mode = getattr(image_processor, "slice_mode", True)
+        downsample_mode = getattr(image_processor, "downsample_mode", "16x")
+
+    class Processor(transformers.MiniCPMV4_6Processor):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor":
+                return type(argument)
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    template = os.path.join(folder, "chat_template.jinja")
+    chat = open(template).read() if os.path.isfile(template) else getattr(tokenizer, "chat_template", None)
+    return Processor(image_processor=image_processor, video_processor=VideoSettings(), tokenizer=tokenizer,
+                     chat_template=chat)
 
 
 def encode_with_images(processor: Any, prompts: Sequence[str], images: Sequence[Any]) -> dict[str, np.ndarray]:
