@@ -125,6 +125,8 @@ def _moe_axes(config: ModelConfig, m: int, rules: dict[str, str | None]) -> dict
 
 
 def param_spec(name: str, ndim: int, rules: dict[str, str | None]) -> PartitionSpec:
+    if name.startswith("vision."):  # image encoders (a few hundred M parameters at most) run replicated
+        return PartitionSpec()
     for pattern, axes in PARAM_AXES:
         if re.fullmatch(pattern, name):
             assert len(axes) == ndim, (name, axes)
