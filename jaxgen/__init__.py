@@ -27,7 +27,7 @@ _EXPORTS = {
     "GenerationOutput": "jaxgen.api.outputs",
     "ScoreOutput": "jaxgen.api.scoring", "score": "jaxgen.api.scoring",
     "TextGeneration": "jaxgen.text.generate_text", "generate_text": "jaxgen.text.generate_text",
-    "load_tokenizer": "jaxgen.text.tokenizer",
+    "load_tokenizer": "jaxgen.text.tokenizer", "load_processor": "jaxgen.text.images",
     "make_mesh": "jaxgen.parallel.sharding",
     "Engine": "jaxgen.engine.engine",
 }

@@ -190,3 +190,26 @@ def test_export_writes_transformers_keys(tmp_path):
     assert set(written) == set(want)
     for k in want:
         np.testing.assert_array_equal(written[k], want[k], err_msg=k)
+
+
+def test_readme_images_example_runs(tmp_path):
+    """README's image example, run as written on the test checkpoint (folder and image path substituted)."""
+    import os
+
+    folder, _, model, proc = vlm()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+        section = f.read().split("\n## Images in, text out", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    photo = tmp_path / "photo.png"
+    image(150, 330, 9).save(photo)
+    assert '"path/to/MiniCPM-V-4.6"' in code and '"photo.png"' in code
+    code = code.replace('"path/to/MiniCPM-V-4.6"', repr(folder)).replace('"photo.png"', repr(str(photo)))
+    code = code.replace("max_new_tokens=64", "max_new_tokens=4").replace("\"photo.png\"", repr(str(photo)))
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert np.asarray(scope["out"].new_tokens).shape == (1, 4) and len(scope["text"]) == 1
+    # generate_text with the same images and the checkpoint's own settings = generate on the processor's inputs
+    plain = jaxgen.generate(model, **scope["inputs"], max_new_tokens=4)
+    n = int(np.asarray(plain.num_generated)[0])
+    assert [t.id for t in scope["texts"][0].tokens] == np.asarray(plain.new_tokens)[0, :n].tolist()
