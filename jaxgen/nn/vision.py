@@ -59,16 +59,18 @@ class VisionAttention(nnx.Module):
     def __call__(self, x: Array, segments: Array | None = None) -> Array:
         """x ``[N, L, D]``; ``segments`` int32 ``[N, L]`` (None: one segment) -> ``[N, L, D]``."""
         n, l, _ = x.shape
-        heads = lambda y: y.reshape(n, l, self.num_heads, self.head_dim)  # noqa: E731
+        # Head-major [N, H, L, D] before both products: on XLA:CPU this halves the layer's attention time against
+        # contracting in the [N, L, H, D] layout the projections produce.
+        heads = lambda y: y.reshape(n, l, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)  # noqa: E731
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        scores = jnp.einsum("nqhd,nkhd->nhqk", q, k, precision=self.precision,
+        scores = jnp.einsum("nhqd,nhkd->nhqk", q, k, precision=self.precision,
                             preferred_element_type=jnp.float32) * self.head_dim ** -0.5
         if segments is not None:
             same = segments[:, None, :, None] == segments[:, None, None, :]
             scores = jnp.where(same, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-        out = jnp.einsum("nhqk,nkhd->nqhd", probs, v, precision=self.precision)
-        return self.out_proj(out.reshape(n, l, -1))
+        out = jnp.einsum("nhqk,nhkd->nhqd", probs, v, precision=self.precision)
+        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(n, l, -1))
 
 
 class VisionMLP(nnx.Module):
