@@ -248,3 +248,20 @@ def test_crosscheck_with_an_image_is_identical(tmp_path, capsys):
     assert [r["verdict"] for r in report["results"]] == ["identical"] * 3
     assert report["settings"]["images"] == 1
     assert all(r["prefill_max_abs_diff"] < 1e-4 for r in report["results"])
+
+
+def test_pan_and_scan_crops_match_transformers():
+    """The processor's pan-and-scan: a wide image becomes the image plus its crops, each with its own placeholders
+    (``pixel_values`` [1 + crops, ...]); beam search over them equals transformers'."""
+    _, ref, model, proc = vlm()
+    wide = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 900, 3), dtype=np.uint8))
+    inputs = proc(text=["<start_of_image> what is it"], images=[[wide]], return_tensors="np", do_pan_and_scan=True,
+                  pan_and_scan_min_crop_size=28)
+    inputs = {k: np.asarray(v) for k, v in inputs.items()}
+    assert inputs["pixel_values"].shape[0] > 1
+    kw = dict(jaxgen.PRESETS["omnilmm"], max_new_tokens=6, no_repeat_ngram_size=1)
+    out = jaxgen.generate(model, **inputs, **kw)
+    with torch.no_grad():
+        want = ref.generate(**hf_inputs(inputs), output_scores=True, return_dict_in_generate=True, **kw)
+    np.testing.assert_array_equal(np.asarray(out.sequences)[:, :want.sequences.shape[1]], want.sequences.numpy())
+    np.testing.assert_allclose(np.asarray(out.sequences_scores), want.sequences_scores.numpy(), atol=1e-4)
