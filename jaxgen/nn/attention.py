@@ -11,6 +11,11 @@ from jaxgen.config import LayerSpec, ModelConfig
 from jaxgen.nn.layers import linear, norm, rms_normalize
 from jaxgen.nn.rope import apply_rope
 
+# Calls on a cache of at least LIVE_MIN_CAPACITY slots read only its written slots, LIVE_CHUNK at a time
+# (Attention._live_attention); shorter caches read every slot at once, which is cheaper there.
+LIVE_CHUNK = 256
+LIVE_MIN_CAPACITY = 1024
+
 
 class Attention(nnx.Module):
     """q/k/v/o projections (optional biases), optional per-head q/k norm (Qwen3, Gemma 3), RoPE (full or partial,
@@ -77,21 +82,70 @@ class Attention(nnx.Module):
 
         groups = self.num_heads // self.num_kv_heads
         q = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
-        scores = jnp.einsum("btkgd,bksd->bkgts", q, k_cache.astype(q.dtype), precision=self.precision,
+        if k_cache.shape[2] >= LIVE_MIN_CAPACITY:
+            out = self._live_attention(q, k_cache, v_cache, mask, index + t).astype(x.dtype)
+        else:
+            out = self._full_attention(q, k_cache, v_cache, mask, x.dtype)
+        out = out.reshape(b, t, self.num_heads * self.head_dim)
+        if self.output_gate:
+            out = out * jax.nn.sigmoid(gate)
+        return self.o_proj(out), k_cache, v_cache
+
+    def _scores(self, q: Array, k: Array) -> Array:
+        """f32 ``[B, kv, g, T, S]``: scaled (and soft-capped) ``q . k``."""
+        scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(q.dtype), precision=self.precision,
                             preferred_element_type=jnp.float32) * self.scale
         if self.softcap is not None:  # Gemma 2: bounds the scores smoothly to (-cap, cap)
             scores = jnp.tanh(scores / self.softcap) * self.softcap
+        return scores
+
+    def _full_attention(self, q: Array, k_cache: Array, v_cache: Array, mask: Array, dtype) -> Array:
+        """Softmax over every slot of the cache (prefill, and short caches): ``[B, T, kv, g, D]``."""
+        b, t, _, groups, _ = q.shape
+        scores = self._scores(q, k_cache)
         # A finite minimum, not -inf: a fully masked (padding) query row then stays finite instead of NaN.
         scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
         if self.use_sinks:  # softmax over [scores, sink], the sink's share dropped (probabilities sum below 1)
             sink = self.sinks[...].astype(jnp.float32).reshape(1, self.num_kv_heads, groups, 1, 1)
             top = jnp.maximum(jnp.max(scores, axis=-1, keepdims=True), sink)
             e = jnp.exp(scores - top)
-            probs = (e / (jnp.sum(e, axis=-1, keepdims=True) + jnp.exp(sink - top))).astype(x.dtype)
+            probs = (e / (jnp.sum(e, axis=-1, keepdims=True) + jnp.exp(sink - top))).astype(dtype)
         else:
-            probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-        out = jnp.einsum("bkgts,bksd->btkgd", probs, v_cache.astype(x.dtype), precision=self.precision)
-        out = out.reshape(b, t, self.num_heads * self.head_dim)
-        if self.output_gate:
-            out = out * jax.nn.sigmoid(gate)
-        return self.o_proj(out), k_cache, v_cache
+            probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+        return jnp.einsum("bkgts,bksd->btkgd", probs, v_cache.astype(dtype), precision=self.precision)
+
+    def _live_attention(self, q: Array, k_cache: Array, v_cache: Array, mask: Array, live: Array) -> Array:
+        """Attention over only the written slots ``[0, live)``, ``LIVE_CHUNK`` slots at a time with a running
+        (online) softmax: a call whose cache holds thousands of slots (``max_new_tokens=4096``) but whose rows
+        stop early reads what it wrote, in its prefill and in every step, not the capacity. f32
+        ``[B, T, kv, g, D]``."""
+        b, t, kv, groups, d = q.shape
+        capacity = k_cache.shape[2]
+        c = min(LIVE_CHUNK, capacity)
+        low = jnp.finfo(jnp.float32).min
+
+        def body(i, carry):
+            top, total, acc = carry  # [B, kv, g, T, 1], [B, kv, g, T, 1], [B, kv, g, T, D]
+            start = i * c
+            at = jnp.minimum(start, capacity - c)  # the last chunk may overlap the one before: its repeats masked
+            keys = jax.lax.dynamic_slice_in_dim(k_cache, at, c, axis=2)
+            values = jax.lax.dynamic_slice_in_dim(v_cache, at, c, axis=2)
+            seen = jax.lax.dynamic_slice_in_dim(mask, at, c, axis=2) & (at + jnp.arange(c) >= start)
+            scores = jnp.where(seen[:, None, None], self._scores(q, keys), low)
+            new_top = jnp.maximum(top, jnp.max(scores, axis=-1, keepdims=True))
+            e = jnp.exp(scores - new_top)
+            keep = jnp.exp(top - new_top)
+            pv = jnp.einsum("bkgts,bksd->bkgtd", e, values.astype(jnp.float32), precision=self.precision)
+            return new_top, total * keep + jnp.sum(e, axis=-1, keepdims=True), acc * keep + pv
+
+        init = (jnp.full((b, kv, groups, t, 1), low, jnp.float32), jnp.zeros((b, kv, groups, t, 1), jnp.float32),
+                jnp.zeros((b, kv, groups, t, d), jnp.float32))
+        top, total, acc = jax.lax.fori_loop(0, (live + c - 1) // c, body, init)
+        if self.use_sinks:  # the sink joins the denominator only
+            sink = self.sinks[...].astype(jnp.float32).reshape(1, kv, groups, 1, 1)
+            final = jnp.maximum(top, sink)
+            scale = jnp.exp(top - final)
+            out = acc * scale / (total * scale + jnp.exp(sink - final))
+        else:
+            out = acc / total
+        return out.transpose(0, 3, 1, 2, 4)  # [B, T, kv, g, D]
