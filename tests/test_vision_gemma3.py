@@ -265,3 +265,19 @@ def test_pan_and_scan_crops_match_transformers():
         want = ref.generate(**hf_inputs(inputs), output_scores=True, return_dict_in_generate=True, **kw)
     np.testing.assert_array_equal(np.asarray(out.sequences)[:, :want.sequences.shape[1]], want.sequences.numpy())
     np.testing.assert_allclose(np.asarray(out.sequences_scores), want.sequences_scores.numpy(), atol=1e-4)
+
+
+def test_cli_image_streams_text(tmp_path, capsys):
+    """Without --json the continuation streams to stdout (the prompt with its image is not echoed)."""
+    folder, _, model, _ = vlm()
+    path = tmp_path / "photo.png"
+    image(3).save(path)
+    code, out, err = _cli(capsys, "generate", "--model", folder, "--image", str(path), "What is this?",
+                          "--max-new-tokens", "6", "--stream-every", "2", "--no-repeat-ngram-size", "1")
+    assert code == 0, err
+    assert "[6 tokens, finish_reason: length]" in err or "finish_reason: eos" in err
+    code, record, _ = _cli(capsys, "generate", "--model", folder, "--image", str(path), "What is this?",
+                           "--max-new-tokens", "6", "--no-repeat-ngram-size", "1", "--json")
+    import json
+
+    assert out.rstrip("\n") == json.loads(record.strip().splitlines()[-1])["text"]
