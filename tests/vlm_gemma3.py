@@ -18,6 +18,8 @@ import torch
 import transformers
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
+from hf_random import randomize_vectors
+
 # ---- the tiny geometry ---------------------------------------------------------------------------------------
 IMAGE_SIZE = 28  # the vision tower sees 28x28 images ...
 PATCH_SIZE = 7  # ... cut into a 4x4 grid of 7x7 patches (16 patches) ...
@@ -179,12 +181,8 @@ def gemma3_checkpoint(folder: str, seed: int = 0, **text_overrides) -> transform
     config = gemma3_config(processor.tokenizer, **text_overrides)
     torch.manual_seed(seed)
     model = transformers.Gemma3ForConditionalGeneration(config)
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            # the norms, biases and the projector's matrix and norm start at constants: shake them all
-            if p.ndim == 1 or "mm_input_projection_weight" in name or "mm_soft_emb_norm" in name:
-                p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype))
+    # the norms, biases and the projector's matrix and norm start at constants: shake them all
+    randomize_vectors(model, seed + 1, also=("mm_input_projection_weight", "mm_soft_emb_norm"))
     model.eval()
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

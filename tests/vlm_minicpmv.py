@@ -29,6 +29,8 @@ import torch
 import transformers
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
+from hf_random import randomize_vectors
+
 # ---- the tiny geometry ---------------------------------------------------------------------------------------
 PATCH_SIZE = 14  # the image processor's patches and the tower's patch convolution
 SCALE_RESOLUTION = 112  # a source image / slice is resized to about 112x112 px: an 8x8 patch grid, 4 tokens ("16x")
@@ -208,11 +210,8 @@ def minicpmv_checkpoint(folder: str, seed: int = 0, **overrides) -> transformers
     config = minicpmv_config(processor.tokenizer, **overrides)
     torch.manual_seed(seed)
     model = transformers.MiniCPMV4_6ForConditionalGeneration(config)
-    gen = torch.Generator().manual_seed(seed + 1)
+    randomize_vectors(model, seed + 1)
     with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype))
         last = model.model.merger.mlp[-1].linear_2
         last.weight.mul_(FEATURE_SCALE)
         last.bias.mul_(FEATURE_SCALE)
