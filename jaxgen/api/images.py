@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from jaxgen.config import ModelConfig, VisionConfig
+from jaxgen.nn.minicpmv import num_image_features
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +25,6 @@ class HostImages:
     slots: np.ndarray  # int32 [B, T]: feature row per position, -1 for text
     blocks: np.ndarray | None  # int32 [B, T]: bidirectional block per position (Gemma 3), -1 elsewhere
     target_sizes: tuple[tuple[int, int], ...] = ()
-    num_images: int = 0
 
     def rows(self, index: np.ndarray) -> "HostImages":
         """These inputs for prompt rows ``index`` (repeated rows share their features)."""
@@ -39,17 +39,6 @@ class HostImages:
             out[x.shape[0]:] = out[0]
             return out
         return dataclasses.replace(self, slots=pad(self.slots), blocks=None if self.blocks is None else pad(self.blocks))
-
-
-def minicpmv_tokens_per_slice(v: VisionConfig, h: int, w: int) -> int:
-    """Image tokens MiniCPM-V 4.6 makes of a slice of ``h x w`` patches: halved by the window merger ("16x"),
-    then divided by the merge kernel once per merger round."""
-    if v.downsample_mode != "4x":
-        h, w = h // 2, w // 2
-    mh, mw = v.merge_kernel_size
-    for _ in range(v.merger_times):
-        h, w = h // mh, w // mw
-    return h * w
 
 
 def _int_pairs(target_sizes: Any, what: str) -> tuple[tuple[int, int], ...]:
@@ -82,7 +71,7 @@ def _feature_count(v: VisionConfig, pixels: np.ndarray, sizes: tuple[tuple[int, 
         raise ValueError(f"pixel_values has shape {pixels.shape}; for target_sizes covering {patches} patches "
                          f"MiniCPM-V reads NaViT-packed pixels [1, {c}, {p}, {patches * p}], as its processor "
                          "makes them.")
-    return sum(minicpmv_tokens_per_slice(v, h, w) for h, w in sizes)
+    return num_image_features(v, sizes)
 
 
 def check_images(config: ModelConfig, ids: np.ndarray, mask: np.ndarray, pixel_values: Any = None,
@@ -129,9 +118,8 @@ def check_images(config: ModelConfig, ids: np.ndarray, mask: np.ndarray, pixel_v
             raise ValueError(f"token_type_ids shape {kind.shape} differs from input_ids shape {ids.shape}.")
         start = kind & ~np.pad(kind, ((0, 0), (1, 0)))[:, :-1]
         blocks = np.where(kind, np.cumsum(start, axis=1) - 1, -1).astype(np.int32)
-    images = pixels.shape[0] if v.kind == "gemma3" else len(sizes)
     return HostImages(pixel_values=pixels.astype(np.float32, copy=False), slots=slots, blocks=blocks,
-                      target_sizes=sizes, num_images=images)
+                      target_sizes=sizes)
 
 
 def model_ids(config: ModelConfig, ids: np.ndarray, images: HostImages | None) -> np.ndarray:
