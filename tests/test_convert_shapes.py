@@ -99,3 +99,27 @@ def test_conversion_imports_no_flax_through_jaxgen_package():
     # The whole chain, jaxgen/__init__.py included (it must import its submodules lazily).
     proc = _fresh_python(CHECK_IMPORTS, stub_jaxgen=False)
     assert proc.returncode == 0, proc.stderr
+
+
+VLM_TEXT = dict(BASE, head_dim=16)
+_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, patch_size=14)
+VLMS = {  # the vision side too (tests/test_vision_*.py have the parity checks)
+    "gemma3": lambda: transformers.Gemma3Config(
+        text_config=dict(VLM_TEXT, model_type="gemma3_text"), mm_tokens_per_image=4,
+        vision_config=dict(_VISION, image_size=56, model_type="siglip_vision_model")),
+    "minicpmv4_6": lambda: transformers.MiniCPMV4_6Config(
+        text_config=dict(VLM_TEXT, model_type="qwen3_5_text"), vision_config=dict(_VISION, image_size=98),
+        image_token_id=5, insert_layer_id=1),
+    "minicpmv4_6_two_merges": lambda: transformers.MiniCPMV4_6Config(
+        text_config=dict(VLM_TEXT, model_type="qwen3_5_text"), vision_config=dict(_VISION, image_size=98),
+        image_token_id=5, merger_times=2, downsample_mode="4x"),
+}
+
+
+@pytest.mark.parametrize("name", list(VLMS))
+def test_shape_table_equals_the_model_with_its_vision_side(name):
+    config = ModelConfig.from_hf_dict(VLMS[name]().to_dict())
+    assert config.vision is not None
+    table = shapes.param_shapes(config)
+    assert table == param_shapes(config)
+    assert any(k.startswith("vision.vision_tower.") for k in table)
