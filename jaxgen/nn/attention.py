@@ -14,7 +14,7 @@ from jaxgen.nn.rope import apply_rope
 # Calls on a cache of at least LIVE_MIN_CAPACITY slots read only its written slots, LIVE_CHUNK at a time
 # (Attention._live_attention); shorter caches read every slot at once, which is cheaper there.
 LIVE_CHUNK = 256
-LIVE_MIN_CAPACITY = 1024
+LIVE_MIN_CAPACITY = 256
 
 
 class Attention(nnx.Module):
