@@ -7,6 +7,8 @@ The HF -> jaxgen renaming here is the test's own (the conversion code builds on 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -19,7 +21,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import vlm_minicpmv as vlm  # noqa: E402
-from jaxgen.config import VisionConfig  # noqa: E402
+from jaxgen.config import ModelConfig, VisionConfig  # noqa: E402
 from jaxgen.nn import minicpmv  # noqa: E402
 from checkpoints_convert.shapes import minicpmv_vision_shapes as minicpmv_param_shapes  # noqa: E402
 from jaxgen.nn.minicpmv import MiniCPMVImageEncoder  # noqa: E402
@@ -28,18 +30,8 @@ TOL = 1e-5
 
 
 def vision_config(hf_config, **overrides) -> VisionConfig:
-    """jaxgen's VisionConfig for a transformers ``MiniCPMV4_6Config``."""
-    v = hf_config.vision_config
-    fields = dict(
-        kind="minicpmv4_6", hidden_size=v.hidden_size, intermediate_size=v.intermediate_size,
-        num_hidden_layers=v.num_hidden_layers, num_attention_heads=v.num_attention_heads, image_size=v.image_size,
-        patch_size=v.patch_size, text_hidden_size=hf_config.text_config.hidden_size,
-        image_token_id=hf_config.image_token_id, num_channels=v.num_channels, layer_norm_eps=v.layer_norm_eps,
-        activation="gelu_tanh", insert_layer_id=hf_config.insert_layer_id,
-        window_kernel_size=tuple(v.window_kernel_size), merge_kernel_size=tuple(hf_config.merge_kernel_size),
-        merger_times=hf_config.merger_times, downsample_mode=hf_config.downsample_mode)
-    fields.update(overrides)
-    return VisionConfig(**fields)
+    """jaxgen's VisionConfig for a transformers ``MiniCPMV4_6Config`` (jaxgen's own parse), with ``overrides``."""
+    return dataclasses.replace(ModelConfig.from_hf_dict(hf_config.to_dict()).vision, **overrides)
 
 
 def hf_to_jaxgen(state_dict) -> dict[str, np.ndarray]:

@@ -10,6 +10,12 @@ from jax import Array
 from jaxgen.config import LayerSpec, NormSpec
 
 
+def parity_precision(dtype) -> jax.lax.Precision:
+    """Matmul precision for a model computing in ``dtype``: float32 is "parity mode", full precision even where the
+    backend would default to TF32 / bfloat16 passes (GPU, TPU); other dtypes take the backend's default."""
+    return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else jax.lax.Precision.DEFAULT
+
+
 class RMSNorm(nnx.Module):
     """RMS normalisation computed in float32, cast back, then scaled by ``weight`` (as transformers' LlamaRMSNorm)."""
 

@@ -21,17 +21,12 @@ from flax import nnx
 from jax import Array
 
 from jaxgen.config import VisionConfig
-from jaxgen.nn.layers import ACTIVATIONS, linear
+from jaxgen.nn.layers import ACTIVATIONS, linear, parity_precision
 from jaxgen.nn.vision import VisionAttention, VisionEmbeddings, VisionEncoderLayer, layer_norm
 
 Sizes = tuple[tuple[int, int], ...]
 
 MERGE_EPS = 1e-6  # transformers' DownsampleMLP.pre_norm hard-codes eps=1e-6 (not the vision config's)
-
-
-def _default_precision(dtype) -> jax.lax.Precision:
-    # float32 is the parity mode: full-precision matmuls even where the backend would pick TF32/bf16 passes.
-    return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else jax.lax.Precision.DEFAULT
 
 
 # ---- static index helpers (numpy, from the static patch grids) ---------------------------------------------------
@@ -218,7 +213,7 @@ class MiniCPMVImageEncoder(nnx.Module):
     def __init__(self, config: VisionConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, precision=None,
                  rngs: nnx.Rngs):
         _check_config(config)
-        precision = _default_precision(dtype) if precision is None else precision
+        precision = parity_precision(dtype) if precision is None else precision
         kw = dict(dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
         self.config = config
         self.vision_tower = MiniCPMVVisionTower(config, **kw)

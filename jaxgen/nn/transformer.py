@@ -20,7 +20,7 @@ from jaxgen.cache import KVCache, attention_mask, init_cache, write_valid
 from jaxgen.config import LayerSpec, ModelConfig
 from jaxgen.nn.attention import Attention
 from jaxgen.nn.linear_attention import GatedDeltaNet
-from jaxgen.nn.layers import ACTIVATIONS, MLP, linear, norm
+from jaxgen.nn.layers import ACTIVATIONS, MLP, linear, norm, parity_precision
 from jaxgen.nn.moe import MoE
 from jaxgen.nn.mla import MLA
 from jaxgen.nn.rope import rope_cos_sin
@@ -36,11 +36,6 @@ def image_encoder(config, **kw) -> nnx.Module:
     from jaxgen.nn.minicpmv import MiniCPMVImageEncoder
 
     return MiniCPMVImageEncoder(config, **kw)
-
-
-def _precision(dtype) -> jax.lax.Precision:
-    # float32 means "parity mode": keep full precision even where the backend would default to TF32/bf16 passes.
-    return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else jax.lax.Precision.DEFAULT
 
 
 class Block(nnx.Module):
@@ -146,7 +141,7 @@ class CausalLM(nnx.Module):
     """Decoder plus LM head. Call it through :func:`jaxgen.model.make_step` for a pure step function."""
 
     def __init__(self, config: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        precision = _precision(dtype)
+        precision = parity_precision(dtype)
         self.config = config
         self.dtype = jnp.dtype(dtype)
         self.model = DecoderModel(config, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
