@@ -59,7 +59,6 @@ class LoopState:
     num_generated: Array  # i32[B]
     positions: Array  # i32[B]: position id of the next token
     seen: Array  # bool[B, V] (or [B, 0] without repetition penalty): tokens of prompt + output
-    logits: Array  # f32[B, V]: the model's logits for the next token
     nonfinite_step: Array  # i32[B]: first step whose logits held NaN or +inf (-1: none)
     cache: KVCache
     counts: Array | None = None  # i32[B, V] with presence/frequency penalties: occurrences in the output so far
@@ -148,7 +147,7 @@ def decode(step, params, input_ids: Array, mask: Array, row_keys: Array | None, 
         step=jnp.zeros((), jnp.int32), tokens=jnp.full((b, n), dp.pad_token_id, jnp.int32),
         token_logprobs=jnp.zeros((b, n), jnp.float32), top_ids=jnp.full((b, n, k), -1, jnp.int32),
         top_logprobs=jnp.zeros((b, n, k), jnp.float32), done=jnp.zeros((b,), bool),
-        num_generated=jnp.zeros((b,), jnp.int32), positions=positions, seen=seen, logits=logits,
+        num_generated=jnp.zeros((b,), jnp.int32), positions=positions, seen=seen,
         nonfinite_step=jnp.full((b,), -1, jnp.int32), cache=cache, counts=counts)
 
     def choose(state: LoopState, logits: Array) -> LoopState:
@@ -187,18 +186,18 @@ def decode(step, params, input_ids: Array, mask: Array, row_keys: Array | None, 
         return (state.step < dp.max_new_tokens) & ~jnp.all(state.done)
 
     def body(state: LoopState) -> LoopState:
-        # Choose first, then run the model only if the loop goes on: `choose` is traced once (compile time).
-        state = choose(state, state.logits)
+        # The model runs first, on the token chosen last: the loop needs no `lax.cond` around the model (which
+        # copied the whole cache every step on XLA:CPU and costs a host round trip per step on GPU).
         last = jax.lax.dynamic_index_in_dim(state.tokens, state.step - 1, axis=1, keepdims=True)
-        positions, logits, cache = model_if(cond(state), step, params, last, state.positions, state.cache,
-                                            state.logits)
-        return state.replace(positions=positions, logits=logits, cache=cache)
+        logits, cache = step(params, last, state.positions[:, None], state.cache, jnp.ones(last.shape, jnp.int32))
+        return choose(state.replace(positions=state.positions + 1, cache=cache), logits[:, 0])
 
     if spec.stream_every:
         if emit is None:
             raise ValueError("streaming (spec.stream_every > 0) needs the host function `emit`.")
         choose = _streaming(choose, spec.stream_every, dp, emit)
-    return jax.lax.while_loop(cond, body, state)
+    # The first token comes from the prefill's logits, outside the loop (so `choose` is traced twice).
+    return jax.lax.while_loop(cond, body, choose(state, logits))
 
 
 def _streaming(choose, every: int, dp: DecodeParams, host_fn):
