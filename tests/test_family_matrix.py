@@ -19,6 +19,16 @@ from conftest import FAMILIES, MATRIX, left_pad, matrix_checkpoint, matrix_model
 PROMPTS = [[5, 9, 17, 33, 4, 88, 21, 60], [7, 8, 9]]
 PAD, EOS, K, MAX_NEW = 3, 37, 5, 8
 TOL = 1e-4
+# Gated DeltaNet families: their random test models carry logits near 10 through the chunked delta rule (a
+# triangular solve, cumulative decays), and transformers' own float32 forward is 5e-5 to 9e-5 away from its float64
+# forward there (measured on the matrix models; tests/test_hybrid.py checks jaxgen against float64). Differences
+# of a few times that are float32 summation order, not a model mismatch.
+HYBRID = ("qwen3_5", "qwen3_5_moe", "qwen3_next")
+HYBRID_TOL = 3e-4
+
+
+def tol(name: str) -> float:
+    return HYBRID_TOL if name in HYBRID else TOL
 PRESET = dict(num_beams=3, num_return_sequences=3, repetition_penalty=1.2)
 
 
@@ -47,7 +57,8 @@ def test_beam_preset_tokens_scores_and_logprobs(name):
     ref = _hf_generate(hf, ids, mask, **PRESET)
     n = ref.sequences.shape[1]
     np.testing.assert_array_equal(np.asarray(out.sequences)[:, :n], ref.sequences.numpy())
-    np.testing.assert_allclose(np.asarray(out.sequences_scores), ref.sequences_scores.numpy(), atol=TOL, rtol=0)
+    np.testing.assert_allclose(np.asarray(out.sequences_scores), ref.sequences_scores.numpy(), atol=tol(name),
+                               rtol=0)
     # Raw logprobs along the beam each returned sequence followed (transformers' beam_indices).
     raw = _log_softmax(ref.logits)  # [B * beams, steps, V]
     steps = raw.shape[1]
@@ -58,7 +69,7 @@ def test_beam_preset_tokens_scores_and_logprobs(name):
     diff = np.abs(np.where(live, np.asarray(out.token_logprobs)[:, :steps] - chosen, 0)).max()
     top = np.sort(path, -1)[..., ::-1][..., :K]
     top_diff = np.abs(np.where(live[..., None], np.asarray(out.top_logprobs)[:, :steps] - top, 0)).max()
-    assert diff <= TOL and top_diff <= TOL, (name, diff, top_diff)
+    assert diff <= tol(name) and top_diff <= tol(name), (name, diff, top_diff)
 
 
 @pytest.mark.parametrize("name", list(MATRIX))
@@ -76,7 +87,7 @@ def test_greedy_processed_top_logprobs(name):
     live = _live(out, steps)
     top_lp = np.sort(processed, -1)[..., ::-1][..., :K]
     diff = np.abs(np.where(live[..., None], np.asarray(out.top_logprobs)[:, :steps] - top_lp, 0)).max()
-    assert diff <= TOL, (name, diff)
+    assert diff <= tol(name), (name, diff)
     # Ids: wherever the k-th and (k+1)-th candidates are not tied, the k best ids are transformers' k best.
     order = np.argsort(-processed, -1, kind="stable")[..., :K]
     ours = np.asarray(out.top_token_ids)[:, :steps]
@@ -94,4 +105,4 @@ def test_crosscheck_is_identical(name):
     report = compare(folder, [PROMPTS[0]], modes=("greedy",), max_new_tokens=MAX_NEW, hf_model=hf, jax_model=model)
     assert not report.has_mismatch and {r.verdict for r in report.results} == {"identical"}, report.table()
     for r in report.results:
-        assert r.prefill_max_abs_diff < TOL and r.logprob_max_abs_diff < TOL, report.table()
+        assert r.prefill_max_abs_diff < tol(name) and r.logprob_max_abs_diff < tol(name), report.table()

@@ -31,7 +31,7 @@ from jaxgen import cache as kv
 from jaxgen.cache import KVCache
 from jaxgen.decode import processors as P
 from jaxgen.decode.logprobs import token_and_top_logprobs
-from jaxgen.decode.loop import model_if, nonfinite_rows, prefill, seen_tokens
+from jaxgen.decode.loop import nonfinite_rows, prefill, seen_tokens
 from jaxgen.decode.sampling import greedy, sample_from_uniform
 from jaxgen.model import make_step
 
@@ -211,9 +211,10 @@ def decode_chunk(graphdef, config, dtype: str, spec: EngineSpec, shardings, with
     def body(carry):
         st, i, done = carry
         st, token, finished = choose(st)
-        positions, logits, cache = model_if(jnp.any(st.live), step, params, token[:, None], st.positions, st.cache,
-                                            st.logits)
-        return st.replace(positions=positions, logits=logits, cache=cache), i + 1, done + finished
+        # No `lax.cond` around the model (it would copy the whole cache every step): when no row is live any
+        # more the step is wasted, once, and its rows are rewritten at their next admission.
+        logits, cache = step(params, token[:, None], st.positions[:, None], st.cache, jnp.ones((s, 1), jnp.int32))
+        return st.replace(positions=st.positions + 1, logits=logits[:, 0], cache=cache), i + 1, done + finished
 
     state, i, _ = jax.lax.while_loop(cond, body, (state, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)))
     return _constrain(state, shardings), i
