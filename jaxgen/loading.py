@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from jaxgen.errors import CheckpointError, read_json_object
 from jaxgen.model import Model, model_from_arrays
+from jaxgen.x64 import x64_off
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 BUNDLED_MODEL = os.path.join(os.path.dirname(__file__), "demo", "model")
@@ -95,6 +96,7 @@ def _generation_config(path: str) -> dict[str, Any] | None:
     return read_json_object(gen_file, CheckpointError, 'generation settings ({"max_new_tokens": ..., ...})')
 
 
+@x64_off
 def load_model(path: str | os.PathLike | None = None, dtype: Any = "float32", param_dtype: Any = None,
                mesh: Any = None) -> Model:
     """Load a model for generation.

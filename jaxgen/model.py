@@ -16,6 +16,7 @@ from jaxgen.cache import KVCache, init_cache
 from jaxgen.config import ModelConfig
 from jaxgen.errors import CheckpointError
 from jaxgen.nn.transformer import CausalLM
+from jaxgen.x64 import x64_off
 
 StepFn = Callable[..., tuple[Array, KVCache]]
 
@@ -45,7 +46,12 @@ def make_step(graphdef: nnx.GraphDef) -> StepFn:
     Pure: merges the graph with ``params`` inside, so callers jit it with params as an argument.
     """
 
+    @x64_off
     def step(params, tokens, positions, cache, mask, logits_positions=None, images=None):
+        # int32 by contract; a caller under jax_enable_x64 may hand int64 arrays.
+        tokens, positions, mask = (jnp.asarray(x, jnp.int32) for x in (tokens, positions, mask))
+        if logits_positions is not None:
+            logits_positions = jnp.asarray(logits_positions, jnp.int32)
         return nnx.merge(graphdef, params)(tokens, positions, cache, mask, logits_positions, images)
 
     return step
@@ -71,6 +77,7 @@ class Model:
     def step(self) -> StepFn:
         return make_step(self.graphdef)
 
+    @x64_off
     def init_cache(self, batch_size: int, capacity: int) -> KVCache:
         return init_cache(self.config, batch_size, capacity, self.dtype)
 

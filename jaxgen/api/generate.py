@@ -25,6 +25,7 @@ from jaxgen.decode.streaming import Streamer
 from jaxgen.errors import NonFiniteLogitsError
 from jaxgen.model import Model, make_step
 from jaxgen.nn.vision import ImageInputs
+from jaxgen.x64 import x64_off
 
 __all__ = ["compile_count", "default_generation_config", "generate", "lower", "resolve_config"]
 
@@ -214,6 +215,7 @@ def _prepare(model: Model, input_ids: Any, attention_mask: Any, config: Generati
                  rows=b * r, max_new=max_new, stream=stream)
 
 
+@x64_off
 def generate(model: Model, input_ids: Any, attention_mask: Any = None, config: GenerationConfig | None = None,
              key: Any = None, *, pixel_values: Any = None, token_type_ids: Any = None, target_sizes: Any = None,
              streamer: Streamer | None = None, stream_every: int = 8, tokenizer: Any = None,
@@ -277,6 +279,7 @@ def compile_count() -> int:
     return _compiled._cache_size()
 
 
+@x64_off
 def lower(model: Model, input_ids: Any, attention_mask: Any = None, config: GenerationConfig | None = None,
           key: Any = None, *, pixel_values: Any = None, token_type_ids: Any = None, target_sizes: Any = None,
           tokenizer: Any = None, **overrides: Any) -> jax.stages.Lowered:

@@ -24,6 +24,7 @@ from jaxgen.decode.topk import top_k
 from jaxgen.errors import NonFiniteLogitsError
 from jaxgen.model import Model, make_step
 from jaxgen.nn.vision import ImageInputs
+from jaxgen.x64 import x64_off
 
 __all__ = ["ScoreOutput", "forward_logits", "score"]
 
@@ -106,6 +107,7 @@ def _score(graphdef, k: int, params, ids: Array, mask: Array) -> tuple[Array, Ar
     return pad(chosen, jnp.nan), pad(top_ids, -1), pad(top_lp, jnp.nan), bad
 
 
+@x64_off
 def score(model: Model, input_ids: Any, attention_mask: Any = None, top_logprobs: int = 0) -> ScoreOutput:
     """Teacher-forced logprobs of ``input_ids`` int ``[B, T]`` (or ``[T]``) under ``model``; see :class:`ScoreOutput`.
 
@@ -128,6 +130,7 @@ def score(model: Model, input_ids: Any, attention_mask: Any = None, top_logprobs
                        top_logprobs=to_device(top_lp), input_ids=to_device(ids), attention_mask=to_device(mask))
 
 
+@x64_off
 def forward_logits(model: Model, input_ids: Any, attention_mask: Any = None, *, pixel_values: Any = None,
                    token_type_ids: Any = None, target_sizes: Any = None) -> Array:
     """float32 ``[B, T, V]``: the model's logits at every position (the full tensor: mind the memory).

@@ -27,6 +27,7 @@ from jaxgen.engine import step as E
 from jaxgen.engine.scheduler import Request, SlotTable, prepare
 from jaxgen.errors import NonFiniteLogitsError
 from jaxgen.model import Model
+from jaxgen.x64 import iterate_x64_off, x64_off
 
 __all__ = ["Engine"]
 
@@ -49,6 +50,7 @@ class Engine:
     The programs are jitted per (model, spec), so engines of the same model and slot count share them.
     """
 
+    @x64_off
     def __init__(self, model: Model, max_slots: int = 32, *, max_top_logprobs: int = 20, max_eos_tokens: int = 8,
                  max_prompt_length: int | None = None, max_new_tokens: int | None = None, chunk_steps: int = 32,
                  max_prefill_rows: int = 8, top_k_candidates: int | None = None, schedule: str = "longest_first"):
@@ -89,6 +91,7 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------- public API
 
+    @x64_off
     def generate(self, prompts: Sequence[Any], configs: GenerationConfig | Sequence[GenerationConfig] | None = None,
                  keys: Any = None, *, callback: Callback | None = None, progress: bool = False,
                  **overrides: Any) -> list[GenerationOutput]:
@@ -102,6 +105,7 @@ class Engine:
                 callback(i, out)
         return outs
 
+    @x64_off
     def stream(self, prompts: Sequence[Any], configs: GenerationConfig | Sequence[GenerationConfig] | None = None,
                keys: Any = None, *, progress: bool = False, **overrides: Any) -> Iterator[tuple[int, GenerationOutput]]:
         """``(index, GenerationOutput)`` pairs in completion order. Every request is checked here, before
@@ -109,8 +113,9 @@ class Engine:
         the others."""
         caps = dict(self._caps, **self._fixed)
         requests = prepare(self.model, prompts, configs, keys, overrides, self._load_tokenizer, caps)
-        return self._run(requests, progress)
+        return iterate_x64_off(self._run(requests, progress))
 
+    @x64_off
     def warmup(self, prompt_buckets: Sequence[int] | None = None) -> None:
         """Compile every program the engine can run for its caps (all prefill widths and buckets, copies, both
         decode variants), so no later call compiles; needs the caps (``max_prompt_length``, ``max_new_tokens``)."""
