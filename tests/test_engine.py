@@ -261,9 +261,42 @@ def test_engine_on_a_mesh_matches_generate_on_one_device():
     assert report["diff"] <= 3e-5, report  # tensor parallelism sums partial products in another order
 
 
+def test_presence_frequency_and_min_length_per_slot_equal_generate():
+    """vLLM's presence / frequency penalties and min_length are per-slot values: mixed with requests without
+    them (and with each other, greedy and sampling, n > 1) every request equals generate alone, and one
+    program serves them all."""
+    m = model()
+    prompts = random_prompts([6, 11, 3, 20, 8], seed=3)
+    configs = [
+        G(max_new_tokens=12, presence_penalty=1.5, pad_token_id=0, top_logprobs=2, logprobs_mode="processed"),
+        G(max_new_tokens=12, do_sample=True, frequency_penalty=0.7, temperature=0.9, pad_token_id=0),
+        G(max_new_tokens=10, pad_token_id=0),
+        G(max_new_tokens=9, do_sample=True, num_return_sequences=2, presence_penalty=-0.5, frequency_penalty=1.2,
+          top_p=0.9, pad_token_id=0),
+        G(max_new_tokens=10, min_length=14, pad_token_id=0),  # 8-token prompt: no EOS before 6 new tokens
+    ]
+    keys = list(jax.random.split(jax.random.key(11), len(prompts)))
+    engine = jaxgen.Engine(m, max_slots=3, max_top_logprobs=2)
+    first = engine.generate(prompts, configs, keys, eos_token_id=None)
+    # EOS: request 4's own 2nd unconstrained token, which min_length must then hold back until its 6th.
+    eos = int(np.asarray(jaxgen.generate(m, [prompts[4]], config=configs[4].replace(min_length=0),
+                                         eos_token_id=None).new_tokens)[0, 1])
+    configs = [c.replace(eos_token_id=eos) for c in configs]
+    with count_all_compiles() as compiled:
+        outs = engine.generate(prompts, configs, keys)
+    assert compiled == [], compiled
+    assert_matches_generate(m, prompts, configs, keys, outs)
+    assert int(np.asarray(outs[4].num_generated)[0]) >= 6
+    # The penalties change these requests' tokens (else the comparison above would not test them).
+    for i in (0, 1, 3):
+        plain = configs[i].replace(presence_penalty=0.0, frequency_penalty=0.0)
+        assert not np.array_equal(np.asarray(jaxgen.generate(m, [prompts[i]], config=plain, key=keys[i]).sequences),
+                                  np.asarray(outs[i].sequences)), i
+
+
 def test_options_the_engine_does_not_carry_route_to_generate():
-    """A request with an option the per-slot programs do not apply (here no_repeat_ngram_size, presence_penalty)
-    runs through generate alone: its result is generate's, never one with the option silently dropped."""
+    """A request with an option the per-slot programs do not apply (here no_repeat_ngram_size) runs through
+    generate alone: its result is generate's, never one with the option silently dropped."""
     import numpy as np
 
     import jaxgen
@@ -273,7 +306,7 @@ def test_options_the_engine_does_not_carry_route_to_generate():
     model = models("llama_gqa")[0]
     cfg = jaxgen.GenerationConfig(max_new_tokens=8, do_sample=False, no_repeat_ngram_size=2, presence_penalty=0.5,
                                   pad_token_id=0, eos_token_id=2)
-    assert generate_only_options(cfg) == ["no_repeat_ngram_size", "presence_penalty"]
+    assert generate_only_options(cfg) == ["no_repeat_ngram_size"]
     assert set(GENERATE_ONLY) <= {f.name for f in __import__("dataclasses").fields(jaxgen.GenerationConfig)}
     prompt = [5, 9, 17, 33]
     out = jaxgen.Engine(model, max_slots=2).generate([prompt], configs=cfg)[0]

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from jaxgen.api.extra_options import effective_min_new_tokens
 from jaxgen.api.generate import generate
 from jaxgen.api.generation_config import GenerationConfig
 from jaxgen.api.inputs import available_bytes, bucket, to_device
@@ -184,7 +185,7 @@ class Engine:
     def _check_memory(self, spec: E.EngineSpec) -> None:
         cfg = self.model.config
         kv = 2 * cfg.num_hidden_layers * spec.slots * cfg.num_key_value_heads * spec.capacity * cfg.head_dim
-        need = (kv * self.model.dtype.itemsize + spec.slots * (spec.capacity + 5 * cfg.vocab_size)
+        need = (kv * self.model.dtype.itemsize + spec.slots * (spec.capacity + 9 * cfg.vocab_size)
                 + spec.slots * spec.new_cap * (8 + 8 * spec.top_logprobs))
         free = available_bytes()
         if free is not None and need > free:
@@ -232,6 +233,7 @@ class Engine:
         f32, i32 = np.float32, np.int32
         temperature, top_p, min_p, rep = (np.ones(s, f32), np.ones(s, f32), np.zeros(s, f32), np.ones(s, f32))
         top_k, min_new, max_new = np.ones(s, i32), np.zeros(s, i32), np.ones(s, i32)
+        presence, frequency = np.zeros(s, f32), np.zeros(s, f32)
         do_sample, processed = np.zeros(s, bool), np.zeros(s, bool)
         eos = np.full((s, spec.num_eos), vocab, i32)
         keys = np.zeros((s, 2), np.uint32)
@@ -240,7 +242,9 @@ class Engine:
                 continue
             req, j = owner
             c = req.config
-            rep[slot], min_new[slot], max_new[slot] = c.repetition_penalty, c.min_new_tokens, req.max_new
+            rep[slot], max_new[slot] = c.repetition_penalty, req.max_new
+            min_new[slot] = effective_min_new_tokens(c, len(req.prompt))  # min_length as generate counts it
+            presence[slot], frequency[slot] = c.presence_penalty, c.frequency_penalty
             processed[slot] = c.logprobs_mode == "processed"
             eos[slot, :len(c.eos_token_ids)] = c.eos_token_ids
             if c.do_sample:
@@ -251,7 +255,8 @@ class Engine:
         return E.SlotSettings(
             processors=P.ProcessorParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                          repetition_penalty=rep, min_new_tokens=min_new),
-            do_sample=do_sample, processed=processed, max_new=max_new, eos=eos, keys=keys)
+            do_sample=do_sample, processed=processed, max_new=max_new, presence=presence, frequency=frequency,
+            eos=eos, keys=keys)
 
     def _admit(self, table: SlotTable, queue: deque) -> None:
         groups = table.plan(queue)

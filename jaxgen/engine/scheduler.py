@@ -101,10 +101,10 @@ def prepare(model: Model, prompts: Sequence[Any], configs: Any, keys: Any, overr
 
 
 # GenerationConfig fields the engine's compiled programs do not apply per slot.
-GENERATE_ONLY = ("min_length", "no_repeat_ngram_size", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens",
+# (min_length, presence_penalty and frequency_penalty are per-slot values.)
+GENERATE_ONLY = ("no_repeat_ngram_size", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens",
                  "sequence_bias", "typical_p", "epsilon_cutoff", "eta_cutoff", "exponential_decay_length_penalty",
-                 "forced_bos_token_id", "forced_eos_token_id", "renormalize_logits", "stop_strings",
-                 "presence_penalty", "frequency_penalty")
+                 "forced_bos_token_id", "forced_eos_token_id", "renormalize_logits", "stop_strings")
 
 
 def generate_only_options(cfg: GenerationConfig) -> list[str]:

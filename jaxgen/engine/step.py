@@ -29,6 +29,7 @@ from jax import Array
 
 from jaxgen import cache as kv
 from jaxgen.cache import KVCache
+from jaxgen.decode import extra_processors as X
 from jaxgen.decode import processors as P
 from jaxgen.decode.logprobs import token_and_top_logprobs
 from jaxgen.decode.loop import nonfinite_rows, prefill, seen_tokens
@@ -59,6 +60,7 @@ class SlotState:
     cache: KVCache  # S rows, capacity C, shared index in [P, C)
     logits: Array  # f32[S, V]: each live row's logits for its next token
     seen: Array  # bool[S, V]: tokens of prompt + output (repetition penalty)
+    counts: Array  # i32[S, V]: occurrences of each token in the output (presence / frequency penalties)
     positions: Array  # i32[S]: position id of each row's next token
     steps: Array  # i32[S]: tokens generated so far
     live: Array  # bool[S]: admitted and not finished
@@ -78,6 +80,8 @@ class SlotSettings:
     do_sample: Array  # bool[S]
     processed: Array  # bool[S]: logprobs_mode == "processed"
     max_new: Array  # i32[S]
+    presence: Array  # f32[S]: vLLM's presence_penalty (0: off)
+    frequency: Array  # f32[S]: vLLM's frequency_penalty (0: off)
     eos: Array  # i32[S, E]: EOS ids, padded with V (no token)
     keys: Array  # u32[S, 2]: row key data (already derived, see derive_keys)
 
@@ -96,6 +100,7 @@ def init_state(config, dtype: str, spec: EngineSpec, shardings) -> SlotState:
         index=jnp.asarray(spec.prompt_cap, jnp.int32))
     i32 = lambda fill, *shape: jnp.full(shape, fill, jnp.int32)
     state = SlotState(cache=cache, logits=jnp.zeros((s, v), jnp.float32), seen=jnp.zeros((s, v), bool),
+                      counts=jnp.zeros((s, v), jnp.int32),
                       positions=i32(0, s), steps=i32(0, s), live=jnp.zeros((s,), bool), start=i32(0, s),
                       nonfinite=i32(-1, s), tokens=i32(0, s, m), token_logprobs=jnp.zeros((s, m), jnp.float32),
                       top_ids=i32(-1, s, m, k), top_logprobs=jnp.zeros((s, m, k), jnp.float32))
@@ -114,7 +119,8 @@ def admit(graphdef, config, dtype: str, spec: EngineSpec, shardings, params, sta
     put = lambda x, v: x.at[slots].set(v, mode="drop")
     state = state.replace(
         cache=kv.write_rows(state.cache, slots, part, start), logits=put(state.logits, logits),
-        seen=put(state.seen, seen_tokens(ids, mask, logits.shape[-1])), positions=put(state.positions, positions),
+        seen=put(state.seen, seen_tokens(ids, mask, logits.shape[-1])), counts=put(state.counts, 0),
+        positions=put(state.positions, positions),
         steps=put(state.steps, 0), live=put(state.live, True), start=put(state.start, start),
         nonfinite=put(state.nonfinite, -1))
     return _constrain(state, shardings)
@@ -125,6 +131,7 @@ def copy(spec: EngineSpec, shardings, state: SlotState, src: Array, dst: Array) 
     """Slot ``dst[i]`` becomes a copy of the freshly admitted slot ``src[i]`` (``dst[i] = S``: dropped)."""
     put = lambda x: x.at[dst].set(jnp.take(x, src, axis=0, mode="clip"), mode="drop")
     state = state.replace(cache=kv.copy_rows(state.cache, src, dst), logits=put(state.logits), seen=put(state.seen),
+                          counts=put(state.counts),
                           positions=put(state.positions), steps=put(state.steps), live=put(state.live),
                           start=put(state.start), nonfinite=put(state.nonfinite))
     return _constrain(state, shardings)
@@ -170,8 +177,9 @@ def decode_chunk(graphdef, config, dtype: str, spec: EngineSpec, shardings, with
     rows = jnp.arange(s)
     k = spec.top_logprobs if with_top else 0
     pp = settings.processors
-    # Rows choose in jaxgen.generate's order: repetition penalty -> min-new-tokens (per-row EOS ids) -> the
-    # sampling filters (temperature, top-k, top-p, min-p) with per-row values.
+    # Rows choose in jaxgen.generate's order: repetition penalty -> min-new-tokens (per-row EOS ids; min_length
+    # folded in on the host) -> presence / frequency penalties -> the sampling filters (temperature, top-k, top-p,
+    # min-p) with per-row values.
     plan = P.ProcessorPlan(temperature=True, top_k=True, top_p=True, min_p=True, top_k_candidates=spec.candidates)
     eos_mask = jnp.zeros((s, vocab), bool).at[rows[:, None], settings.eos].set(True, mode="drop")
     keys = jax.random.wrap_key_data(settings.keys)
@@ -184,6 +192,10 @@ def decode_chunk(graphdef, config, dtype: str, spec: EngineSpec, shardings, with
         scores = jnp.where(live[:, None], logits, idle_scores)
         scores = P.apply_repetition_penalty(scores, st.seen, pp.repetition_penalty)
         scores = jnp.where(eos_mask & (st.steps < pp.min_new_tokens)[:, None], P.NEG_INF, scores)
+        # A zero penalty subtracts exact zeros, so rows without one keep their scores bit for bit.
+        penalized = live & ((settings.presence != 0) | (settings.frequency != 0))
+        scores = jax.lax.cond(jnp.any(penalized), lambda x: X.apply_presence_frequency(
+            x, st.counts, settings.presence, settings.frequency), lambda x: x, scores)
         sampled = jax.lax.cond(
             jnp.any(live & settings.do_sample),
             lambda x: P.process(x, plan, pp, seen=None, num_generated=st.steps, do_sample=True), lambda x: x, scores)
@@ -201,7 +213,8 @@ def decode_chunk(graphdef, config, dtype: str, spec: EngineSpec, shardings, with
             top_ids=st.top_ids.at[rows, col, :k].set(top_ids, mode="drop") if k else st.top_ids,
             top_logprobs=st.top_logprobs.at[rows, col, :k].set(top_lp, mode="drop") if k else st.top_logprobs,
             nonfinite=jnp.where((st.nonfinite < 0) & live & nonfinite_rows(logits), st.steps, st.nonfinite),
-            seen=st.seen.at[rows, token].max(live), steps=steps, live=live & ~finished)
+            seen=st.seen.at[rows, token].max(live), counts=X.count_tokens(st.counts, token, live), steps=steps,
+            live=live & ~finished)
         return st, token, jnp.sum(finished)
 
     def cond(carry) -> Array:
