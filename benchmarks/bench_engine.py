@@ -4,10 +4,13 @@
 
     python benchmarks/bench_engine.py            # 256 prompts
     python benchmarks/bench_engine.py --quick    # 32 prompts, a spot check (a few minutes on 2 cores)
+    python benchmarks/bench_engine.py --model llama-125m   # a benchmark model (benchmarks/harness/models.py)
 
 Workload (seed 0): prompts of 8-240 tokens cut from the bundled model's held-out text, ``max_new_tokens`` 16-256
 (capped so prompt + new <= 256, the model's context), sampling (temperature 0.8, top-p 0.95, the model's top-k 50,
-its EOS on), ``num_return_sequences=4``, one key per prompt. The bundled demo model (3.2M), float32.
+its EOS on), ``num_return_sequences=4``, one key per prompt. The bundled demo model (3.2M), float32, or with
+``--model`` one of the benchmark's random models (saved with transformers on first use; no EOS, so every row runs
+to its own ``max_new_tokens``).
 
 - engine: ``Engine(model, max_slots=32)`` (``--schedule``: longest_first, its default, or fifo); a first pass
   compiles the programs the workload needs (their trace + lower + compile time is reported), then the same
@@ -30,6 +33,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -106,6 +110,16 @@ class CompileTime:
             self.seconds += duration
 
 
+def model_path(args) -> str:
+    """The folder of ``--model``: the bundled model, or a random benchmark model (built once, then reused)."""
+    if args.model == "demo":
+        return os.path.join(ROOT, "jaxgen", "demo", "model")
+    sys.path.insert(0, HERE)
+    from harness.models import build_random_model
+
+    return build_random_model(args.model, args.model_dir)
+
+
 def sampling_config(model):
     from jaxgen.api.generate import default_generation_config
 
@@ -120,7 +134,7 @@ def run_engine(prompts, new, args) -> dict:
     import jaxgen
 
     compiles = CompileTime()
-    model = jaxgen.load_model(None, dtype="float32")
+    model = jaxgen.load_model(model_path(args), dtype="float32")
     cfg = sampling_config(model)
     configs = [cfg.replace(max_new_tokens=m) for m in new]
     keys = list(jax.random.split(jax.random.key(0), len(prompts)))
@@ -157,7 +171,7 @@ def run_jaxgen(prompts, new, args) -> dict:
     import jaxgen
 
     compiles = CompileTime()
-    model = jaxgen.load_model(None, dtype="float32")
+    model = jaxgen.load_model(model_path(args), dtype="float32")
     cfg = sampling_config(model)
     keys = jax.random.split(jax.random.key(0), len(prompts))
     tokens = slot_steps = 0
@@ -181,7 +195,7 @@ def run_transformers(prompts, new, args) -> dict:
     import transformers
 
     torch.set_num_threads(os.cpu_count() or 1)
-    path = os.path.join(ROOT, "jaxgen", "demo", "model")
+    path = model_path(args)
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     gen = model.generation_config
     torch.manual_seed(0)
@@ -236,6 +250,10 @@ def main() -> None:
     ap.add_argument("--schedule", default="longest_first", choices=("longest_first", "fifo"),
                     help="the engine's admission order")
     ap.add_argument("--out", default=None, help="JSON results file")
+    ap.add_argument("--model", default="demo", help="demo (the bundled model) or a benchmark model name "
+                    "(llama-5m, llama-125m, ...: benchmarks/harness/models.py)")
+    ap.add_argument("--model-dir", default=os.path.join(tempfile.gettempdir(), "jaxgen-bench-models"),
+                    help="where random models are saved (and reused)")
     args = ap.parse_args()
     if args.num_prompts is None:
         args.num_prompts = 32 if args.quick else 256
@@ -247,7 +265,7 @@ def main() -> None:
         print(f"[bench_engine] {system}: {args.num_prompts} prompts x {SAMPLES} samples ...", file=sys.stderr,
               flush=True)
         cmd = [sys.executable, os.path.abspath(__file__), "--system", system, "--num-prompts", str(args.num_prompts),
-               "--schedule", args.schedule]
+               "--schedule", args.schedule, "--model", args.model, "--model-dir", args.model_dir]
         proc = subprocess.run(cmd + (["--progress"] if args.progress else []), capture_output=True, text=True,
                               env=env)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -269,7 +287,7 @@ def main() -> None:
         import platform
 
         with open(args.out, "w") as f:
-            json.dump(dict(num_prompts=args.num_prompts, samples=SAMPLES, slots=SLOTS, schedule=args.schedule,
+            json.dump(dict(model=args.model, num_prompts=args.num_prompts, samples=SAMPLES, slots=SLOTS, schedule=args.schedule,
                            cpus=os.cpu_count(),
                            machine=platform.machine(), results=results), f, indent=1)
 
