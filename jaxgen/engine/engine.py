@@ -202,8 +202,8 @@ class Engine:
         rows = lambda ndim: S.batch_sharding(mesh, ndim)
         return E.SlotState(cache=S.cache_sharding(self.model.config, mesh), logits=rows(2), seen=rows(2),
                            counts=rows(2), positions=rows(1), steps=rows(1), live=rows(1), start=rows(1),
-                           nonfinite=rows(1),
-                           tokens=rows(2), token_logprobs=rows(2), top_ids=rows(3), top_logprobs=rows(3))
+                           nonfinite=rows(1), tokens=rows(2), token_logprobs=rows(2), top_ids=rows(3),
+                           top_logprobs=rows(3))
 
     def _reset_index(self) -> None:
         self._state = E.restart(self.spec, self._shardings, self._state)
