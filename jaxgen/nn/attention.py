@@ -117,7 +117,8 @@ class Attention(nnx.Module):
     def _live_attention(self, q: Array, k_cache: Array, v_cache: Array, mask: Array, live: Array) -> Array:
         """Attention over only the written slots ``[0, live)``, ``LIVE_CHUNK`` slots at a time with a running
         (online) softmax: a call whose cache holds thousands of slots (``max_new_tokens=4096``) but whose rows
-        stop early reads what it wrote, in its prefill and in every step, not the capacity. f32
+        stop early reads what it wrote, in its prefill and in every step, not the capacity. Chunks before the
+        first slot any row may see are skipped too (the engine's rows start far into its cache). f32
         ``[B, T, kv, g, D]``."""
         b, t, kv, groups, d = q.shape
         capacity = k_cache.shape[2]
@@ -140,7 +141,10 @@ class Attention(nnx.Module):
 
         init = (jnp.full((b, kv, groups, t, 1), low, jnp.float32), jnp.zeros((b, kv, groups, t, 1), jnp.float32),
                 jnp.zeros((b, kv, groups, t, d), jnp.float32))
-        top, total, acc = jax.lax.fori_loop(0, (live + c - 1) // c, body, init)
+        # A skipped chunk sees no slot: in the running softmax it would only add terms that the first chunk with
+        # a visible slot multiplies by exp(min - max) = 0, so skipping it changes no bit.
+        first = jnp.argmax(jnp.any(mask, axis=(0, 1))) // c
+        top, total, acc = jax.lax.fori_loop(first, (live + c - 1) // c, body, init)
         if self.use_sinks:  # the sink joins the denominator only
             sink = self.sinks[...].astype(jnp.float32).reshape(1, kv, groups, 1, 1)
             final = jnp.maximum(top, sink)
