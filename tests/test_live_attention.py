@@ -19,29 +19,29 @@ NAMES = ["llama_gqa", "mistral_window", "gemma2", "gpt_oss"]
 PROMPTS = [[5, 9, 17, 33, 4, 88, 21, 60, 3, 99, 12], [7, 8, 9, 40, 41]]
 
 
+def _steps(model, cache) -> list[np.ndarray]:
+    """Logits of a prefill of PROMPTS (real positions only) then three one-token steps, on ``cache``."""
+    ids, mask = left_pad(PROMPTS)
+    pos = prompt_positions(jnp.asarray(mask))
+    out, cache = model.step(model.params, jnp.asarray(ids), pos, cache, jnp.asarray(mask))
+    seq, p = [np.asarray(out)[mask.astype(bool)]], pos[:, -1:] + 1
+    for token in (11, 23, 5):
+        out, cache = model.step(model.params, jnp.full((2, 1), token, jnp.int32), p, cache, jnp.ones((2, 1), jnp.int32))
+        seq.append(np.asarray(out))
+        p = p + 1
+    return seq
+
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_long_cache_steps_equal_short_cache_steps(name):
     model, _ = matrix_models(name)
-    ids, mask = left_pad(PROMPTS)
-    pos = prompt_positions(jnp.asarray(mask))
     # a prefill written at a nonzero slot too (the engine's layout), and a capacity that is not a chunk multiple
     big_capacity = LIVE_MIN_CAPACITY + LIVE_CHUNK // 2 + 3
-    logits = {}
-    for capacity in (32, big_capacity):
-        cache = model.init_cache(2, capacity)
-        cache = cache.replace(index=jnp.int32(3))  # slots 0..2 stay invalid
-        out, cache = model.step(model.params, jnp.asarray(ids), pos, cache, jnp.asarray(mask))
-        seq, p = [np.asarray(out)], pos[:, -1:] + 1
-        for token in (11, 23, 5):
-            out, cache = model.step(model.params, jnp.full((2, 1), token, jnp.int32), p, cache,
-                                    jnp.ones((2, 1), jnp.int32))
-            seq.append(np.asarray(out))
-            p = p + 1
-        logits[capacity] = seq
-    for short, long in zip(logits[32], logits[big_capacity]):
-        real = short if short.shape[1] == 1 else short[mask.astype(bool)]
-        other = long if long.shape[1] == 1 else long[mask.astype(bool)]
-        np.testing.assert_allclose(other, real, atol=2e-5, rtol=0)
+    # slots 0..2 stay invalid
+    short, long = (_steps(model, model.init_cache(2, c).replace(index=jnp.int32(3))) for c in (32, big_capacity))
+    for a, b in zip(short, long):
+        np.testing.assert_allclose(b, a, atol=2e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["llama_gqa", "gpt_oss"])
@@ -98,28 +98,19 @@ def test_chunks_no_row_sees_are_not_read(name):
     skipped (NaN planted in them changes nothing; the invalid slots of a chunk that is read hold finite garbage,
     weighted by exact zeros) and the steps equal the same rows written at slot 0."""
     model, _ = matrix_models(name)
-    ids, mask = left_pad(PROMPTS)
-    pos = prompt_positions(jnp.asarray(mask))
     capacity, at = 3 * LIVE_CHUNK, LIVE_CHUNK + 40  # the rows start in the second chunk
-    logits = {}
-    for start in (0, at):
-        cache = model.init_cache(2, capacity)
+
+    def poisoned(start: int):
         def poison(c):
             if c is None:
                 return None
             c = c.at[:, :, :start].set(7.0)  # finite garbage in the invalid slots
             return c.at[:, :, :LIVE_CHUNK].set(jnp.nan) if start >= LIVE_CHUNK else c  # the chunk no row sees
 
-        cache = cache.replace(index=jnp.int32(start), keys=tuple(map(poison, cache.keys)),
-                              values=tuple(map(poison, cache.values)))
-        out, cache = model.step(model.params, jnp.asarray(ids), pos, cache, jnp.asarray(mask))
-        seq, p = [np.asarray(out)[mask.astype(bool)]], pos[:, -1:] + 1
-        for token in (11, 23, 5):
-            out, cache = model.step(model.params, jnp.full((2, 1), token, jnp.int32), p, cache,
-                                    jnp.ones((2, 1), jnp.int32))
-            seq.append(np.asarray(out))
-            p = p + 1
-        logits[start] = seq
-    for here, there in zip(logits[0], logits[at]):
+        cache = model.init_cache(2, capacity)
+        return cache.replace(index=jnp.int32(start), keys=tuple(map(poison, cache.keys)),
+                             values=tuple(map(poison, cache.values)))
+
+    for here, there in zip(_steps(model, poisoned(0)), _steps(model, poisoned(at))):
         assert np.isfinite(there).all()
         np.testing.assert_allclose(there, here, atol=2e-5, rtol=0)
