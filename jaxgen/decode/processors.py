@@ -22,6 +22,7 @@ from flax import struct
 from jax import Array
 
 from jaxgen.decode import extra_processors as X
+from jaxgen.decode import thresholds as T
 from jaxgen.decode.topk import top_k
 
 NEG_INF = -jnp.inf
@@ -90,26 +91,19 @@ def apply_min_new_tokens(scores: Array, num_generated: Array, min_new_tokens: Ar
 def apply_top_k(scores: Array, top_k: Array, min_tokens_to_keep: int = 1) -> Array:
     """Keep tokens scoring at least the k-th best score (ties at the k-th value survive); ``top_k`` 0 = off."""
     vocab = scores.shape[-1]
-    k = per_row(jnp.clip(jnp.maximum(top_k, min_tokens_to_keep), 1, vocab))
-    kth = jnp.take_along_axis(jnp.sort(scores, axis=-1), jnp.full(scores.shape[:-1] + (1,), vocab) - k, axis=-1)
-    filtered = jnp.where(scores < kth, NEG_INF, scores)
+    k = jnp.clip(jnp.maximum(top_k, min_tokens_to_keep), 1, vocab)
+    keys = T.order_keys(scores)
+    kth = T.kth_largest_key(keys, k)
+    filtered = jnp.where(keys < kth[:, None], NEG_INF, scores)
     return jnp.where(per_row(top_k > 0), filtered, scores)
 
 
 def apply_top_p(scores: Array, top_p: Array, min_tokens_to_keep: int = 1) -> Array:
-    """Nucleus filter: sort ascending, drop tokens whose cumulative probability is <= 1 - top_p, keep the top ones.
-
-    The sort is stable, like transformers' CPU sort, so ties are resolved by token id.
-    """
-    order = jnp.argsort(scores, axis=-1, stable=True)
-    sorted_scores = jnp.take_along_axis(scores, order, axis=-1)
-    cumulative = jnp.cumsum(jax.nn.softmax(sorted_scores, axis=-1), axis=-1)
-    top_p = per_row(top_p)
-    remove_sorted = cumulative <= 1 - top_p
-    vocab = scores.shape[-1]
-    remove_sorted = remove_sorted.at[..., vocab - min_tokens_to_keep:].set(False)
-    remove = jnp.zeros_like(remove_sorted).at[jnp.arange(scores.shape[0])[:, None], order].set(remove_sorted)
-    return jnp.where(remove & (top_p < 1.0), NEG_INF, scores)
+    """Nucleus filter: transformers' stable ascending sort, cumulative softmax, drop tokens whose cumulative
+    probability is <= 1 - top_p, keep the ``min_tokens_to_keep`` top ones; ties are resolved by token id.
+    The cut is found by bisection (:func:`jaxgen.decode.thresholds.nucleus_removed`), not by sorting."""
+    remove = T.nucleus_removed(scores, top_p) & ~T.top_ordered_mask(scores, min_tokens_to_keep)
+    return jnp.where(remove & per_row(top_p < 1.0), NEG_INF, scores)
 
 
 def apply_min_p(scores: Array, min_p: Array, min_tokens_to_keep: int = 1) -> Array:
