@@ -1,4 +1,4 @@
-"""The sort-free top-k / top-p cuts (``jaxgen.decode.thresholds``) against a stable-sort reference on whole
+"""The sort-free top-k / top-p / typical-p cuts (``jaxgen.decode.thresholds``) against a stable-sort reference on whole
 vocabularies: many ties, per-row settings, ``min_tokens_to_keep``, extreme and signed-zero scores."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import numpy as np
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from jaxgen.decode import extra_processors as X
 from jaxgen.decode import processors as P
 from jaxgen.decode import thresholds as T
 
@@ -97,3 +98,41 @@ def test_top_p_keeps_the_top_token_when_even_the_total_is_below_the_cut():
                                   [[False, False, True, False]])
     np.testing.assert_array_equal(np.isfinite(np.asarray(P.apply_top_p(x, jnp.float32(1e-9), 2))),
                                   [[False, True, True, False]])
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2 ** 20), vocab=st.sampled_from([17, 300, 5000]), tied=st.booleans(),
+       keep=st.sampled_from([1, 2, 5]), mass=st.floats(0.05, 0.99))
+def test_typical_p_equals_transformers_on_whole_vocabularies(seed, vocab, tied, keep, mass):
+    import torch
+    import transformers
+
+    x = logits(seed, 4, vocab, tied)
+    mass = float(np.float32(mass))
+    ref = transformers.TypicalLogitsWarper(mass, min_tokens_to_keep=keep)(None, torch.tensor(x)).numpy()
+    # The cut is decided by float32 rounding when the cumulative mass lands next to `mass`, or when the
+    # surprisal distances around the cut are a rounding apart: leave those cases out.
+    normalized = torch.log_softmax(torch.tensor(x), -1)
+    shifted = torch.abs(-normalized - torch.nansum(-normalized * normalized.exp(), -1, keepdim=True)).numpy()
+    for r in range(4):
+        order = np.argsort(shifted[r], kind="stable")
+        z = x[r, order].astype(np.float64)
+        e = np.exp(z - z.max())
+        cumulative = np.cumsum(e / e.sum())
+        assume(np.min(np.abs(cumulative - mass)) > 1e-5)
+        cut = shifted[r, order][min(int(np.sum(cumulative < mass)), vocab - 1)]
+        assume(np.all((shifted[r] == cut) | (np.abs(shifted[r] - cut) > 1e-4)))
+    ours = np.asarray(jax.jit(X.apply_typical, static_argnums=2)(jnp.asarray(x), jnp.float32(mass), keep))
+    np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(ref))
+    np.testing.assert_array_equal(ours[np.isfinite(ref)], x[np.isfinite(ref)])
+
+
+def test_typical_p_per_row_masses():
+    x = logits(3, 4, 300, False)
+    mass = np.array([0.2, 0.5, 0.9, 1.0], np.float32)  # 1.0: off for that row
+    ours = np.asarray(jax.jit(X.apply_typical)(jnp.asarray(x), jnp.asarray(mass)))
+    for r in range(4):
+        alone = np.asarray(jax.jit(X.apply_typical)(jnp.asarray(x[r:r + 1]), jnp.float32(mass[r])))
+        np.testing.assert_array_equal(ours[r:r + 1], alone)
+    np.testing.assert_array_equal(ours[3], x[3])
+    assert np.sum(np.isfinite(ours[0])) < np.sum(np.isfinite(ours[1])) < np.sum(np.isfinite(ours[2])) < 300

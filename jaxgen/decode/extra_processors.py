@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from flax import struct
 from jax import Array
 
+from jaxgen.decode import thresholds
 from jaxgen.decode.stop_strings import StopTable
 from jaxgen.decode.topk import top_k
 
@@ -203,21 +204,18 @@ def apply_presence_frequency(scores: Array, counts: Array, presence: Array, freq
 
 def apply_typical(scores: Array, mass: Array, min_tokens_to_keep: int = 1) -> Array:
     """transformers' ``TypicalLogitsWarper``: keep the tokens whose surprisal is closest to the entropy, up to
-    ``mass`` of probability (ties at the cut survive); ``mass`` 1.0 is off."""
-    b, vocab = scores.shape
+    ``mass`` of probability (ties at the cut survive); ``mass`` 1.0 is off. The cut is found by bisection
+    (:func:`thresholds.typical_removed`), not by sorting the vocabulary."""
     normalized = jax.nn.log_softmax(scores, axis=-1)
     p = jnp.exp(normalized)
     ent = -jnp.nansum(normalized * p, axis=-1, keepdims=True)
     shifted = jnp.abs(-normalized - ent)
-    order = jnp.argsort(shifted, axis=-1, stable=True)
-    sorted_shifted = jnp.take_along_axis(shifted, order, axis=-1)
-    cumulative = jnp.cumsum(jax.nn.softmax(jnp.take_along_axis(scores, order, axis=-1), axis=-1), axis=-1)
-    mass = _per_row(mass)
-    last = jnp.minimum(jnp.sum(cumulative < mass, axis=-1), vocab - 1)
-    remove_sorted = sorted_shifted > jnp.take_along_axis(sorted_shifted, last[:, None], axis=-1)
-    remove_sorted = remove_sorted.at[:, :min_tokens_to_keep].set(False)
-    remove = jnp.zeros_like(remove_sorted).at[jnp.arange(b)[:, None], order].set(remove_sorted)
-    return jnp.where(remove & (mass < 1.0), NEG_INF, scores)
+    mass = jnp.asarray(mass, jnp.float32)
+    remove = thresholds.typical_removed(shifted, jax.nn.softmax(scores, axis=-1), mass)
+    if min_tokens_to_keep > 1:  # the first tokens of the ascending order: lowest shifted, lower id on ties
+        _, first = top_k(-shifted, min_tokens_to_keep)
+        remove = remove.at[jnp.arange(scores.shape[0])[:, None], first].set(False)
+    return jnp.where(remove & (_per_row(mass) < 1.0), NEG_INF, scores)
 
 
 def _keep_top(scores: Array, remove: Array, min_tokens_to_keep: int) -> Array:

@@ -90,6 +90,30 @@ def nucleus_removed(scores: Array, top_p: Array) -> Array:
     return (keys < hi[:, None]) | removed_in_group
 
 
+def typical_removed(shifted: Array, probs: Array, mass: Array) -> Array:
+    """``bool[B, V]``: transformers' typical-p removal mask, without ``min_tokens_to_keep``.
+
+    transformers sorts ``shifted`` (``|surprisal - entropy|``) ascending, walks the cumulative ``probs`` and
+    keeps every token whose ``shifted`` is at most the one where the cumulative mass first reaches ``mass``
+    (ties at the cut survive). That cut is the group of the smallest key ``h`` with ``mass(keys <= h) >= mass``,
+    so one bisection finds it; when even the total falls short (rounding), nothing goes. ``mass``: scalar or
+    ``[B]``.
+    """
+    b = shifted.shape[0]
+    target = jnp.broadcast_to(jnp.asarray(mass, jnp.float32), (b,))
+    keys = order_keys(shifted)
+    probs = probs.astype(jnp.float32)
+
+    def reaches(mid: Array) -> Array:
+        return jnp.sum(jnp.where(keys <= mid[:, None], probs, 0), axis=-1) >= target
+
+    # Invariant: mass(keys <= lo) < target, and hi is the answer so far (the largest key when none reaches it).
+    lo = jnp.min(keys, axis=-1) - 1
+    hi = jnp.max(keys, axis=-1)
+    _, hi = _bisect(lo, hi, reaches)
+    return keys > hi[:, None]
+
+
 def top_ordered_mask(scores: Array, m: int) -> Array:
     """``bool[B, V]``: the ``m`` last tokens of transformers' stable ascending order (highest scores, higher id
     first on ties), which ``min_tokens_to_keep`` protects."""
