@@ -1,8 +1,8 @@
 """Attention over only the written part of a long cache (jaxgen.nn.attention ``_live_attention``: chunks of
-``LIVE_CHUNK`` slots with a running softmax, used once a cache has ``LIVE_MIN_CAPACITY`` slots) equals attention
-over every slot: the same logits step by step, and ``generate`` with ``max_new_tokens`` in the thousands stopping
-early gives the tokens and logprobs of a short call. Families with a sliding window, soft-capping (Gemma 2) and
-attention sinks (gpt-oss)."""
+``LIVE_CHUNK`` slots, ``DECODE_CHUNK`` in one-token steps, with a running softmax, used once a cache has
+``LIVE_MIN_CAPACITY`` slots) equals attention over every slot: the same logits step by step, and ``generate``
+with ``max_new_tokens`` in the thousands stopping early gives the tokens and logprobs of a short call. Families
+with a sliding window, soft-capping (Gemma 2) and attention sinks (gpt-oss)."""
 
 from __future__ import annotations
 

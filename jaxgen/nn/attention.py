@@ -12,8 +12,11 @@ from jaxgen.nn.layers import linear, norm, rms_normalize
 from jaxgen.nn.rope import apply_rope
 
 # Calls on a cache of at least LIVE_MIN_CAPACITY slots read only its written slots, LIVE_CHUNK at a time
-# (Attention._live_attention); shorter caches read every slot at once, which is cheaper there.
+# (DECODE_CHUNK for one-token steps) (Attention._live_attention); shorter caches read every slot at once, which
+# is cheaper there. Measured on XLA:CPU (12 layers, 32 rows, 4 KV heads x 3, head_dim 64, 768 slots, live
+# window 200-700): one-token steps took 121 ms with 256-slot chunks, 87 with 128, 51 with 64, 57 with 32.
 LIVE_CHUNK = 256
+DECODE_CHUNK = 64
 LIVE_MIN_CAPACITY = 256
 
 
@@ -115,14 +118,15 @@ class Attention(nnx.Module):
         return jnp.einsum("bkgts,bksd->btkgd", probs, v_cache.astype(dtype), precision=self.precision)
 
     def _live_attention(self, q: Array, k_cache: Array, v_cache: Array, mask: Array, live: Array) -> Array:
-        """Attention over only the written slots ``[0, live)``, ``LIVE_CHUNK`` slots at a time with a running
+        """Attention over only the written slots ``[0, live)``, ``LIVE_CHUNK`` (one-token steps:
+        ``DECODE_CHUNK``) slots at a time with a running
         (online) softmax: a call whose cache holds thousands of slots (``max_new_tokens=4096``) but whose rows
         stop early reads what it wrote, in its prefill and in every step, not the capacity. Chunks before the
         first slot any row may see are skipped too (the engine's rows start far into its cache). f32
         ``[B, T, kv, g, D]``."""
         b, t, kv, groups, d = q.shape
         capacity = k_cache.shape[2]
-        c = min(LIVE_CHUNK, capacity)
+        c = min(LIVE_CHUNK if t > 1 else DECODE_CHUNK, capacity)
         low = jnp.finfo(jnp.float32).min
 
         def body(i, carry):
