@@ -121,9 +121,8 @@ class Attention(nnx.Module):
         """Attention over only the written slots ``[0, live)``, ``LIVE_CHUNK`` slots at a time (``DECODE_CHUNK``
         in one-token steps) with a running (online) softmax: a call whose cache holds thousands of slots
         (``max_new_tokens=4096``) but whose rows stop early reads what it wrote, in its prefill and in every
-        step, not the capacity. Chunks before the
-        first slot any row may see are skipped too (the engine's rows start far into its cache). f32
-        ``[B, T, kv, g, D]``."""
+        step, not the capacity. Chunks before the first slot any row may see are skipped too (the engine's rows
+        start far into its cache). f32 ``[B, T, kv, g, D]``."""
         b, t, kv, groups, d = q.shape
         capacity = k_cache.shape[2]
         c = min(LIVE_CHUNK if t > 1 else DECODE_CHUNK, capacity)
