@@ -122,6 +122,11 @@ def test_typical_p_equals_transformers_on_whole_vocabularies(seed, vocab, tied, 
         assume(np.min(np.abs(cumulative - mass)) > 1e-5)
         cut = shifted[r, order][min(int(np.sum(cumulative < mass)), vocab - 1)]
         assume(np.all((shifted[r] == cut) | (np.abs(shifted[r] - cut) > 1e-4)))
+        # Which of the tokens tied at the `min_tokens_to_keep` boundary survive is decided by torch.sort,
+        # which is not stable (ids 9, 15, 16 tied come out 16, 15, 9); jaxgen keeps the lower ids. Leave out
+        # the rows where that choice shows: a tie across the boundary above the cut.
+        ascending = shifted[r, order]
+        assume(not (keep > 1 and ascending[keep] == ascending[keep - 1] > cut))
     ours = np.asarray(jax.jit(X.apply_typical, static_argnums=2)(jnp.asarray(x), jnp.float32(mass), keep))
     np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(ref))
     np.testing.assert_array_equal(ours[np.isfinite(ref)], x[np.isfinite(ref)])

@@ -212,7 +212,9 @@ def apply_typical(scores: Array, mass: Array, min_tokens_to_keep: int = 1) -> Ar
     shifted = jnp.abs(-normalized - ent)
     mass = jnp.asarray(mass, jnp.float32)
     remove = thresholds.typical_removed(shifted, jax.nn.softmax(scores, axis=-1), mass)
-    if min_tokens_to_keep > 1:  # the first tokens of the ascending order: lowest shifted, lower id on ties
+    # min_tokens_to_keep protects the first tokens of the ascending order: lowest shifted, lower id on ties
+    # (a stable sort; transformers' torch.sort is unstable, so its choice among such ties is arbitrary).
+    if min_tokens_to_keep > 1:
         _, first = top_k(-shifted, min_tokens_to_keep)
         remove = remove.at[jnp.arange(scores.shape[0])[:, None], first].set(False)
     return jnp.where(remove & (_per_row(mass) < 1.0), NEG_INF, scores)
